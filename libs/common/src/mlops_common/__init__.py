@@ -1,0 +1,1 @@
+"""Code shared by at least two of the platform's services."""

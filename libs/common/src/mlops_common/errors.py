@@ -1,0 +1,117 @@
+"""One error model for every service: a domain error carries its status code, one handler renders.
+
+Every error body is ``{"error": {"code": ..., "message": ..., "field": ...}}``; request validation
+errors list each offending field. Unexpected exceptions become a 500 without a stack trace in the
+body (the trace goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class PlatformError(Exception):
+    """Base class of every error a service raises on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class BadRequest(PlatformError):
+    status_code = 400
+    code = "bad_request"
+
+
+class NotFound(PlatformError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(PlatformError):
+    status_code = 409
+    code = "conflict"
+
+
+class Unprocessable(PlatformError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class ServiceUnavailable(PlatformError):
+    status_code = 503
+    code = "unavailable"
+
+
+class UpstreamError(PlatformError):
+    status_code = 502
+    code = "upstream_error"
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) if parts else "body"
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors():
+        field = _location(err.get("loc", ()))
+        msg = err.get("msg", "invalid value")
+        if err.get("type") == "json_invalid":
+            field, msg = "body", f"malformed JSON: {err.get('ctx', {}).get('error', msg)}"
+        out.append({"field": field, "message": msg})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PlatformError)
+    async def _platform_error(_: Request, exc: PlatformError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(exc)
+        first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        body = {"code": "invalid_input", "message": message, "field": first["field"]}
+        return JSONResponse({"error": {**body, "details": {"errors": errors}}}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"error": {"code": "internal_error", "message": "internal error; see service log"}},
+            status_code=500,
+        )

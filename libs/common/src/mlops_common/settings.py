@@ -1,0 +1,80 @@
+"""Typed settings shared by the services.
+
+Each service owns one ``BaseSettings`` class with its own env prefix; the S3, MLflow and database
+settings below are shared and read from their own prefixes (``S3_``, ``MLFLOW_``, ``PLATFORM_DB_``)
+so one ``mlops env`` configures every service the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["dev", "test", "prod"]
+
+# Values that are fine on a laptop and dangerous anywhere else.
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "minioadmin", ""})
+
+
+class S3Settings(BaseSettings):
+    """Where the object store is and how to sign requests to it (MinIO, SeaweedFS or AWS)."""
+
+    model_config = SettingsConfigDict(env_prefix="S3_", extra="ignore")
+
+    endpoint_url: str | None = None
+    access_key_id: str
+    secret_access_key: SecretStr
+    region: str = "us-east-1"
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = 5
+
+
+class MLflowSettings(BaseSettings):
+    """The MLflow tracking server (also the model registry)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLFLOW_", extra="ignore")
+
+    tracking_uri: str = "http://127.0.0.1:5050"
+
+
+class DatabaseSettings(BaseSettings):
+    """The platform's own PostgreSQL database (jobs, audit records)."""
+
+    model_config = SettingsConfigDict(env_prefix="PLATFORM_DB_", extra="ignore")
+
+    url: SecretStr = Field(
+        description="SQLAlchemy URL, e.g. postgresql+psycopg2://user:pass@127.0.0.1:5432/platform"
+    )
+    pool_size: int = 5
+
+
+def refuse_placeholder_secrets(environment: Environment, **secrets: SecretStr | str | None) -> None:
+    """Raise when a placeholder secret is used outside dev/test, naming the setting."""
+    if environment in ("dev", "test"):
+        return
+    for name, value in secrets.items():
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or raw.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError(f"{name} is a placeholder secret; set a real value for {environment}")
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has. Subclasses set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    environment: Environment = "dev"
+    host: str = "127.0.0.1"
+    port: int
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @model_validator(mode="after")
+    def _no_placeholder_s3_secret(self) -> Self:
+        s3 = getattr(self, "s3", None)
+        if isinstance(s3, S3Settings):
+            refuse_placeholder_secrets(self.environment, S3_SECRET_ACCESS_KEY=s3.secret_access_key)
+        return self

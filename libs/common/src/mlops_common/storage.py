@@ -1,0 +1,119 @@
+"""S3 access with boto3 and an endpoint URL, so the same code runs on MinIO, SeaweedFS or AWS."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from mlops_common.settings import S3Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+
+class S3UriError(ValueError):
+    """An ``s3://`` URI that cannot be split into bucket and key."""
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        if not uri.startswith("s3://"):
+            raise S3UriError(f"expected an s3://bucket/key URI, got {uri!r}")
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise S3UriError(f"no bucket in {uri!r}")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def make_s3_client(settings: S3Settings) -> S3Client:
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key.get_secret_value(),
+        region_name=settings.region,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        ),
+    )
+
+
+class ObjectStore:
+    """The few object-store operations the services need, on top of a boto3 client."""
+
+    def __init__(self, client: S3Client) -> None:
+        self.client = client
+
+    @classmethod
+    def from_settings(cls, settings: S3Settings) -> ObjectStore:
+        return cls(make_s3_client(settings))
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=bucket)
+
+    def exists(self, uri: S3Uri) -> bool:
+        try:
+            self.client.head_object(Bucket=uri.bucket, Key=uri.key)
+        except ClientError as exc:
+            if _status(exc) in (403, 404):
+                return False
+            raise
+        return True
+
+    def get_bytes(self, uri: S3Uri) -> bytes:
+        return self.client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+
+    def put_bytes(self, uri: S3Uri, data: bytes) -> None:
+        self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)
+
+    def list_keys(self, prefix: S3Uri) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
+    def download_prefix(self, prefix: S3Uri, dest: Path) -> int:
+        """Copy every object under ``prefix`` into ``dest``, keeping relative paths. Returns count."""
+        base = prefix.key.rstrip("/") + "/"
+        keys = [k for k in self.list_keys(S3Uri(prefix.bucket, base)) if not k.endswith("/")]
+        for key in keys:
+            target = dest / key[len(base) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(prefix.bucket, key, str(target))
+        return len(keys)
+
+
+def is_not_found(exc: Exception) -> bool:
+    return isinstance(exc, ClientError) and _status(exc) in (403, 404)
+
+
+def _status(exc: ClientError) -> int:
+    meta: Any = exc.response.get("ResponseMetadata", {})
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+        return 404
+    return int(meta.get("HTTPStatusCode", 0))

@@ -1,0 +1,1 @@
+"""Inference service: serves predictions for the model behind one registry alias."""

@@ -1,0 +1,59 @@
+"""Routes. Thin on purpose: the work is in ``PredictionHandler``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from inference.deps import HandlerDep
+from inference.schema import (
+    ErrorResponse,
+    HealthResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+)
+
+router = APIRouter()
+
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "No model loaded yet (see GET /health)"}
+}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    summary="Score rows with the served model",
+    responses={
+        413: {"model": ErrorResponse, "description": "More rows than max_batch_rows"},
+        422: {"model": ErrorResponse, "description": "Body or rows invalid; `field` says where"},
+        **_UNAVAILABLE,
+    },
+)
+async def predict(body: PredictRequest, handler: HandlerDep) -> PredictResponse:
+    return await handler.predict(body)
+
+
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    summary="200 while a model is served, 503 before",
+    responses={503: {"model": HealthResponse, "description": "No model loaded yet"}},
+)
+async def health(handler: HandlerDep) -> JSONResponse:
+    status_code, body = handler.health()
+    headers = {"Retry-After": "1"} if status_code == 503 else None
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+@router.get(
+    "/model-info",
+    response_model=ModelInfo,
+    summary="The served model version, its source and signature",
+    responses=_UNAVAILABLE,
+)
+async def model_info(handler: HandlerDep) -> ModelInfo:
+    return handler.model_info()

@@ -1,0 +1,16 @@
+"""FastAPI dependencies: objects the lifespan put on ``app.state``, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from inference.handler import PredictionHandler
+
+
+def get_handler(request: Request) -> PredictionHandler:
+    return cast(PredictionHandler, request.app.state.handler)
+
+
+HandlerDep = Annotated[PredictionHandler, Depends(get_handler)]

@@ -1,0 +1,55 @@
+"""Client of the model-gateway: which version an alias points to, and where its files are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError
+
+from inference.model import ModelVersion
+
+
+class GatewayError(Exception):
+    """The gateway could not be asked, or answered something unusable."""
+
+
+@dataclass(frozen=True)
+class AliasMissing:
+    """The model or the alias does not exist (yet): a normal state before the first promotion."""
+
+    message: str
+
+
+class GatewayClient:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def resolve(self, name: str, alias: str) -> ModelVersion | AliasMissing:
+        """The version behind ``name@alias``, or ``AliasMissing`` when there is none."""
+        path = f"/v1/models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}"
+        try:
+            response = await self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise GatewayError(f"cannot reach the gateway: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404:
+            return AliasMissing(_error_message(response))
+        if response.status_code != 200:
+            raise GatewayError(
+                f"gateway answered {response.status_code} for {path}: {_error_message(response)}"
+            )
+        try:
+            return ModelVersion.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise GatewayError(f"unexpected gateway answer for {path}: {exc}") from exc
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", body["error"]))
+    return str(body)[:200]

@@ -1,0 +1,346 @@
+"""Owns the model being served and replaces it when the registry alias moves.
+
+A background task asks the gateway every ``poll_interval_s`` which version the alias points to.
+A new version is downloaded, loaded and checked off the event loop, then swapped in with a single
+reference assignment: requests already running keep the model object they started with. When
+anything fails the old model keeps serving, the failure is recorded in ``last_error``, and that
+same version is retried only with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mlops_common.errors import PlatformError
+from mlops_common.storage import S3Uri, S3UriError
+
+from inference.errors import ModelLoadError, describe_exception
+from inference.gateway import AliasMissing, GatewayClient, GatewayError
+from inference.model import ModelVersion, ServedModel, load_served_model
+from inference.settings import InferenceSettings
+from inference.validation import build_frame
+
+log = logging.getLogger(__name__)
+
+SOURCE_MARKER = ".artifact-uri"
+_MAX_REMEMBERED_FAILURES = 16
+
+
+class ArtifactStore(Protocol):
+    def download_prefix(self, prefix: S3Uri, dest: Path) -> int: ...
+
+
+ModelLoader = Callable[[Path, ModelVersion], ServedModel]
+
+
+@dataclass
+class _Failure:
+    attempts: int
+    retry_at: float
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        alias: str,
+        gateway: GatewayClient,
+        store: ArtifactStore,
+        cache_dir: Path,
+        poll_interval_s: float = 2.0,
+        loader: ModelLoader = load_served_model,
+        retry_base_s: float = 30.0,
+        retry_max_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model_name = model_name
+        self.alias = alias
+        self._gateway = gateway
+        self._store = store
+        self._cache_dir = cache_dir
+        self._poll_interval_s = poll_interval_s
+        self._loader = loader
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._clock = clock
+
+        self._current: ServedModel | None = None
+        self._pending_version: int | None = None
+        self._load_error: str | None = None
+        self._gateway_error: str | None = None
+        self._waiting: str | None = None
+        self._failures: dict[tuple[int, str], _Failure] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: InferenceSettings, gateway: GatewayClient, store: ArtifactStore
+    ) -> ModelManager:
+        return cls(
+            model_name=settings.model_name,
+            alias=settings.model_alias,
+            gateway=gateway,
+            store=store,
+            cache_dir=settings.cache_dir,
+            poll_interval_s=settings.poll_interval_s,
+        )
+
+    # ---- state, read by request handlers -------------------------------------------------------
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    @property
+    def last_error(self) -> str | None:
+        return self._gateway_error or self._load_error
+
+    @property
+    def pending_version(self) -> int | None:
+        """The version the alias points to while it is not (yet) the one served."""
+        return self._pending_version
+
+    @property
+    def waiting_message(self) -> str | None:
+        """Set while the gateway says the model or alias does not exist."""
+        return self._waiting
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"poll {self.model_name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:
+                # A bug in one poll must not stop the service from ever picking up a new version.
+                log.exception("polling %s@%s failed", self.model_name, self.alias)
+            await asyncio.sleep(self._poll_interval_s)
+
+    # ---- one poll ------------------------------------------------------------------------------
+    async def poll_once(self) -> bool:
+        """Ask the gateway once and load a new version if the alias moved. True if swapped."""
+        async with self._lock:
+            target = await self._resolve()
+            if target is None:
+                return False
+            current = self._current
+            if current is not None and _key(current.meta) == _key(target):
+                # Also the way back from a failed promotion: the alias returned to what we serve.
+                self._pending_version = None
+                self._load_error = None
+                return False
+            if not self._due(target):
+                return False
+            return await self._load(target)
+
+    async def _resolve(self) -> ModelVersion | None:
+        try:
+            answer = await self._gateway.resolve(self.model_name, self.alias)
+        except GatewayError as exc:
+            if self._gateway_error is None:
+                log.warning("cannot resolve %s@%s: %s", self.model_name, self.alias, exc)
+            else:
+                log.debug("still cannot resolve %s@%s: %s", self.model_name, self.alias, exc)
+            self._gateway_error = f"cannot resolve {self.model_name}@{self.alias}: {exc}"
+            return None
+        if self._gateway_error is not None:
+            log.info("gateway reachable again")
+            self._gateway_error = None
+        if isinstance(answer, AliasMissing):
+            if self._waiting is None:
+                still = self._current
+                log.info(
+                    "waiting for %s@%s to be set in the registry (%s)%s",
+                    self.model_name,
+                    self.alias,
+                    answer.message,
+                    f"; still serving version {still.meta.version}" if still else "",
+                )
+            self._waiting = f"waiting for {self.model_name}@{self.alias}: {answer.message}"
+            return None
+        self._waiting = None
+        return answer
+
+    def _due(self, target: ModelVersion) -> bool:
+        failure = self._failures.get(_key(target))
+        return failure is None or self._clock() >= failure.retry_at
+
+    async def _load(self, target: ModelVersion) -> bool:
+        self._pending_version = target.version
+        log.info(
+            "loading %s version %s (%s@%s) from %s",
+            target.name,
+            target.version,
+            self.model_name,
+            self.alias,
+            target.artifact_uri,
+        )
+        try:
+            model = await asyncio.to_thread(self._prepare, target)
+        except Exception as exc:
+            self._record_failure(target, exc)
+            return False
+        previous = self._current
+        self._current = model  # the swap: one reference assignment
+        self._pending_version = None
+        self._load_error = None
+        self._failures.pop(_key(target), None)
+        log.info(
+            "now serving %s version %s%s",
+            target.name,
+            target.version,
+            f" (was version {previous.meta.version})" if previous is not None else "",
+        )
+        await asyncio.to_thread(self._prune_cache, target)
+        return True
+
+    def _record_failure(self, target: ModelVersion, exc: Exception) -> None:
+        key = _key(target)
+        failure = self._failures.get(key) or _Failure(attempts=0, retry_at=0.0)
+        failure.attempts += 1
+        delay = min(self._retry_max_s, self._retry_base_s * 2 ** (failure.attempts - 1))
+        failure.retry_at = self._clock() + delay
+        self._failures[key] = failure
+        while len(self._failures) > _MAX_REMEMBERED_FAILURES:
+            self._failures.pop(next(iter(self._failures)))
+        reason = str(exc) if isinstance(exc, ModelLoadError) else describe_exception(exc)
+        self._load_error = f"{target.name} version {target.version}: {reason}"
+        serving = (
+            f"still serving version {self._current.meta.version}"
+            if self._current is not None
+            else "no model is served"
+        )
+        log.error(
+            "%s (attempt %d; %s; next attempt in %.0fs)",
+            self._load_error,
+            failure.attempts,
+            serving,
+            delay,
+            exc_info=not isinstance(exc, ModelLoadError),
+        )
+
+    # ---- blocking work, run in a thread --------------------------------------------------------
+    def _prepare(self, target: ModelVersion) -> ServedModel:
+        local_dir = self._download(target)
+        try:
+            model = self._loader(local_dir, target)
+            self._verify(model)
+        except Exception:
+            # A broken copy must not be reused by the next attempt.
+            shutil.rmtree(local_dir, ignore_errors=True)
+            raise
+        return model
+
+    def _version_dir(self, target: ModelVersion) -> Path:
+        return self._model_dir() / str(target.version)
+
+    def _model_dir(self) -> Path:
+        return self._cache_dir / _safe_name(self.model_name)
+
+    def _download(self, target: ModelVersion) -> Path:
+        try:
+            prefix = S3Uri.parse(target.artifact_uri)
+        except S3UriError as exc:
+            raise ModelLoadError(f"artifact_uri is not usable: {exc}") from exc
+        dest = self._version_dir(target)
+        marker = dest / SOURCE_MARKER
+        cached = (dest / "MLmodel").is_file() and marker.is_file()
+        if cached and marker.read_text() == target.artifact_uri:
+            log.info("using the cached copy in %s", dest)
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Download next to the final place and rename: a crash never leaves a half-copied
+        # directory that a restart would take for a complete model.
+        partial = dest.parent / f".partial-{target.version}-{uuid.uuid4().hex[:8]}"
+        try:
+            count = self._store.download_prefix(prefix, partial)
+            if count == 0:
+                raise ModelLoadError(f"no artifacts under {target.artifact_uri}")
+            (partial / SOURCE_MARKER).write_text(target.artifact_uri)
+            shutil.rmtree(dest, ignore_errors=True)
+            partial.rename(dest)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"download of {target.artifact_uri} failed: {describe_exception(exc)}"
+            ) from exc
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return dest
+
+    def _verify(self, model: ServedModel) -> None:
+        if model.input_schema is None:
+            log.warning(
+                "%s version %s has no column signature: requests are passed to the model "
+                "without validation",
+                model.meta.name,
+                model.meta.version,
+            )
+        example = model.input_example
+        if not example:
+            log.warning(
+                "%s version %s has no input example: loaded without a test prediction",
+                model.meta.name,
+                model.meta.version,
+            )
+            return
+        try:
+            frame = build_frame(example, model.input_schema)
+        except PlatformError as exc:
+            raise ModelLoadError(
+                f"its input example does not match its signature: {exc.field}: {exc.message}"
+            ) from exc
+        try:
+            prediction = model.predict(frame)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"prediction on its input example failed: {describe_exception(exc)}"
+            ) from exc
+        if len(prediction.predictions) != len(frame):
+            raise ModelLoadError(
+                f"prediction on its input example returned {len(prediction.predictions)} "
+                f"values for {len(frame)} rows"
+            )
+
+    def _prune_cache(self, keep: ModelVersion) -> None:
+        """Delete other versions' copies: the served model is in memory, nothing reads them."""
+        keep_name = str(keep.version)
+        try:
+            entries = list(self._model_dir().iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name != keep_name and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _key(meta: ModelVersion) -> tuple[int, str]:
+    # The URI too: a model deleted and registered again restarts at version 1.
+    return (meta.version, meta.artifact_uri)
+
+
+def _safe_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return safe if safe not in ("", ".", "..") else f"_{safe}_"

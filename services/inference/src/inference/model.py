@@ -1,0 +1,247 @@
+"""A served model: version metadata, loading from a local MLflow model dir, predicting.
+
+``ServedModel`` is the seam for other flavors; only scikit-learn exists today.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from inference.errors import ModelLoadError, describe_exception
+from inference.validation import InputColumn, InputSchema
+
+log = logging.getLogger(__name__)
+
+
+class ModelVersion(BaseModel):
+    """What the gateway says the alias points to."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    version: int
+    alias: str
+    artifact_uri: str
+    run_id: str | None = None
+    flavor: str | None = None
+    flavors: list[str] | dict[str, Any] | None = None
+    signature: dict[str, Any] | None = None
+    model_id: str | None = None
+    source: str | None = None
+    created_at: str | int | float | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    predictions: list[Any]
+    probabilities: list[list[float | None]] | None = None
+    classes: list[Any] | None = None
+
+
+class ServedModel(Protocol):
+    @property
+    def meta(self) -> ModelVersion: ...
+
+    @property
+    def flavor(self) -> str: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def loaded_at(self) -> datetime | None: ...
+
+    @property
+    def input_schema(self) -> InputSchema | None:
+        """Named input columns to validate requests against; None accepts rows as they come."""
+        ...
+
+    @property
+    def signature(self) -> dict[str, Any] | None:
+        """The signature as JSON (``{"inputs": [...], "outputs": [...]}``)."""
+        ...
+
+    @property
+    def input_example(self) -> list[Any] | None:
+        """The saved input example as request rows (objects or lists), for the load check."""
+        ...
+
+    def load(self) -> None: ...
+
+    def predict(self, frame: pd.DataFrame) -> Prediction: ...
+
+
+class SklearnModel:
+    """An MLflow model with the ``sklearn`` flavor, typically a full preprocessing Pipeline."""
+
+    flavor = "sklearn"
+
+    def __init__(self, local_dir: Path, meta: ModelVersion) -> None:
+        self.local_dir = local_dir
+        self._meta = meta
+        self._estimator: Any = None
+        self._input_schema: InputSchema | None = None
+        self._signature: dict[str, Any] | None = None
+        self._input_example: list[Any] | None = None
+        self._loaded_at: datetime | None = None
+
+    @property
+    def meta(self) -> ModelVersion:
+        return self._meta
+
+    @property
+    def ready(self) -> bool:
+        return self._estimator is not None
+
+    @property
+    def loaded_at(self) -> datetime | None:
+        return self._loaded_at
+
+    @property
+    def input_schema(self) -> InputSchema | None:
+        return self._input_schema
+
+    @property
+    def signature(self) -> dict[str, Any] | None:
+        return self._signature
+
+    @property
+    def input_example(self) -> list[Any] | None:
+        return self._input_example
+
+    def load(self) -> None:
+        # Imported here: mlflow.sklearn pulls in a lot, and only loading needs it.
+        import mlflow.sklearn
+        import sklearn
+        from mlflow.models import Model
+
+        mlmodel_path = self.local_dir / "MLmodel"
+        if not mlmodel_path.is_file():
+            raise ModelLoadError(f"no MLmodel file in the artifacts ({self._meta.artifact_uri})")
+        mlmodel = Model.load(str(mlmodel_path))
+        conf = mlmodel.flavors.get("sklearn")
+        if conf is None:
+            raise ModelLoadError(
+                f"not an sklearn-flavor model (flavors: {', '.join(mlmodel.flavors) or 'none'})"
+            )
+        trained_with = conf.get("sklearn_version")
+        if trained_with and trained_with != sklearn.__version__:
+            log.warning(
+                "%s v%s was saved with scikit-learn %s, serving with %s",
+                self._meta.name,
+                self._meta.version,
+                trained_with,
+                sklearn.__version__,
+            )
+        try:
+            estimator = mlflow.sklearn.load_model(str(self.local_dir))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load {conf.get('pickled_model')} "
+                f"({conf.get('serialization_format', 'pickle')}): {describe_exception(exc)}"
+            ) from exc
+        if not hasattr(estimator, "predict"):
+            raise ModelLoadError(f"the loaded {type(estimator).__name__} has no predict()")
+        signature = mlmodel.signature
+        if signature is not None:
+            self._signature = {
+                "inputs": signature.inputs.to_dict() if signature.inputs else None,
+                "outputs": signature.outputs.to_dict() if signature.outputs else None,
+            }
+            self._input_schema = _input_schema(signature.inputs)
+        self._input_example = _read_input_example(self.local_dir, mlmodel.saved_input_example_info)
+        self._estimator = estimator
+        self._loaded_at = datetime.now(UTC)
+
+    def predict(self, frame: pd.DataFrame) -> Prediction:
+        from sklearn.base import is_classifier
+
+        estimator = self._estimator
+        if estimator is None:
+            raise RuntimeError("model not loaded")
+        predictions = _plain(estimator.predict(frame))
+        if not is_classifier(estimator):
+            return Prediction(predictions=predictions)
+        classes = _plain(getattr(estimator, "classes_", None))
+        probabilities = None
+        # hasattr honours Pipeline's available_if: False when the final step has no predict_proba.
+        if hasattr(estimator, "predict_proba"):
+            proba = estimator.predict_proba(frame)
+            # Multi-output classifiers return one array per output; there is no single matrix.
+            if not isinstance(proba, list):
+                probabilities = _plain(proba)
+        return Prediction(
+            predictions=predictions,
+            probabilities=probabilities,
+            classes=classes if isinstance(classes, list) else None,
+        )
+
+
+def load_served_model(local_dir: Path, meta: ModelVersion) -> ServedModel:
+    """Build and load the ``ServedModel`` for ``local_dir`` (sklearn is the only flavor so far)."""
+    model = SklearnModel(local_dir, meta)
+    model.load()
+    return model
+
+
+def _input_schema(inputs: Any) -> InputSchema | None:
+    from mlflow.types.schema import DataType
+
+    # Tensor signatures and unnamed columns have nothing to match rows against by name.
+    if inputs is None or inputs.is_tensor_spec() or not inputs.has_input_names():
+        return None
+    columns = []
+    for spec in inputs.inputs:
+        kind = spec.type.name if isinstance(spec.type, DataType) else "any"
+        columns.append(InputColumn(name=str(spec.name), type=kind, required=bool(spec.required)))
+    return InputSchema(tuple(columns))
+
+
+def _read_input_example(local_dir: Path, info: dict[str, Any] | None) -> list[Any] | None:
+    """The saved example as the rows a client would send.
+
+    Read as raw JSON rather than through MLflow's loader, so the load check goes through the
+    same validation and conversion as a real request.
+    """
+    if not info or "artifact_path" not in info:
+        return None
+    path = local_dir / info["artifact_path"]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read the input example %s: %s", path, exc)
+        return None
+    if isinstance(data, dict) and isinstance(data.get("columns"), list) and "data" in data:
+        columns = data["columns"]
+        return [dict(zip(columns, row, strict=False)) for row in data["data"]]
+    if isinstance(data, dict) and isinstance(data.get("inputs"), list):
+        return list(data["inputs"])
+    if isinstance(data, list) and all(isinstance(row, dict | list) for row in data):
+        return data
+    log.info("input example in %s has an unsupported layout; skipping the load check", path)
+    return None
+
+
+def _plain(values: Any) -> Any:
+    """numpy -> JSON-ready Python values; NaN and infinities become null (JSON has neither)."""
+    if values is None:
+        return None
+    as_list = values.tolist() if hasattr(values, "tolist") else list(values)
+    return _finite(as_list)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

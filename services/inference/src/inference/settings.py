@@ -1,0 +1,43 @@
+"""Settings of the inference service, read from ``INFERENCE_*`` (and ``S3_*``) variables."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from mlops_common.settings import S3Settings, ServiceSettings
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME`` or ``~/.cache``; the temp dir when there is no usable home."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "mlops-inference"
+    try:
+        return Path.home() / ".cache" / "mlops-inference"
+    except RuntimeError:  # no HOME and no passwd entry (some containers)
+        return Path(tempfile.gettempdir()) / "mlops-inference"
+
+
+# unused-ignore: mlops_common has no py.typed yet, so mypy sees ServiceSettings as Any.
+class InferenceSettings(ServiceSettings):  # type: ignore[misc, unused-ignore]
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
+
+    port: int = 8800
+    model_name: str = Field(min_length=1, description="Registered model to serve")
+    model_alias: str = Field(default="champion", min_length=1)
+    gateway_url: str = "http://127.0.0.1:8820"
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    # S3Settings() reads its required fields from S3_* variables, which mypy cannot know.
+    s3: S3Settings = Field(default_factory=S3Settings)  # type: ignore[arg-type, unused-ignore]
+    max_batch_rows: int = Field(default=10_000, ge=1)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, value: Path) -> Path:
+        # Resolved once here so a later chdir (or a relative env value) cannot move the cache.
+        return value.expanduser().absolute()

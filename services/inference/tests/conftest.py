@@ -1,0 +1,341 @@
+"""In-process test harness: real MLflow sklearn model dirs, a fake object store, a fake gateway.
+
+Nothing listens on a port: the gateway is an ``httpx.MockTransport`` and the app is called
+through ``httpx.ASGITransport``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi import FastAPI
+from mlops_common.http import make_async_client
+from mlops_common.settings import S3Settings
+from mlops_common.storage import S3Uri
+
+from inference.app import create_app
+from inference.gateway import GatewayClient
+from inference.manager import ModelManager
+from inference.settings import InferenceSettings
+
+BUCKET = "mlflow"
+CATEGORICAL = ["city", "plan"]
+
+
+# ---- models ------------------------------------------------------------------------------------
+def churn_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
+    """Numeric, categorical and boolean columns with gaps, as a trainer would read them."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, n).astype(float),
+            "income": rng.normal(50_000, 12_000, n).round(2),
+            "visits": rng.integers(0, 20, n),
+            "city": rng.choice(["paris", "lyon", "nice"], n),
+            "plan": rng.choice(["basic", "pro"], n),
+            "member": rng.choice([True, False], n),
+        }
+    )
+    # NaN in the first example rows too, so the saved input example carries nulls.
+    frame.loc[[1, 7, 19], "age"] = np.nan
+    frame.loc[[2, 11], "city"] = np.nan
+    score = frame["visits"] * 0.2 - frame["age"].fillna(40) * 0.05 + (frame["plan"] == "pro")
+    labels = np.where(score + rng.normal(0, 0.5, n) > 0, "stay", "churn")
+    return frame, labels
+
+
+def _pipeline(estimator: Any, numeric: list[str], categorical: list[str], flags: list[str]) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric_steps = Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())])
+    categorical_steps = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="most_frequent")),
+            ("onehot", OneHotEncoder(handle_unknown="ignore")),
+        ]
+    )
+    pre = ColumnTransformer(
+        [
+            ("num", numeric_steps, numeric),
+            ("cat", categorical_steps, categorical),
+            ("flag", OneHotEncoder(handle_unknown="ignore"), flags),
+        ]
+    )
+    return Pipeline([("pre", pre), ("model", estimator)])
+
+
+def _save(model: Any, path: Path, frame: pd.DataFrame, target: Any, **kwargs: Any) -> None:
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            model,
+            str(path),
+            signature=infer_signature(frame, target) if kwargs.pop("signature", True) else None,
+            input_example=frame.head(3) if kwargs.pop("example", True) else None,
+            # Given explicitly: guessing requirements takes MLflow many seconds.
+            pip_requirements=["scikit-learn"],
+            **kwargs,
+        )
+
+
+@dataclass
+class Artifacts:
+    dirs: dict[str, Path]
+    pipelines: dict[str, Any]
+    frames: dict[str, pd.DataFrame]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    root = tmp_path_factory.mktemp("models")
+    frame, labels = churn_frame(120, seed=1)
+    numeric, flags = ["age", "income", "visits"], ["member"]
+    v1 = _pipeline(LogisticRegression(max_iter=500), numeric, CATEGORICAL, flags).fit(frame, labels)
+    v2 = _pipeline(RandomForestClassifier(n_estimators=10, random_state=0), numeric, CATEGORICAL, flags)
+    v2.fit(frame, labels)
+    reg_frame = frame.drop(columns=["plan"])
+    reg_target = (frame["income"] / 1000).to_numpy()
+    regressor = _pipeline(Ridge(), numeric, ["city"], flags).fit(reg_frame, reg_target)
+
+    dirs = {name: root / name for name in ("churn-v1", "churn-v2", "prices-v1", "bare-v1")}
+    _save(v1, dirs["churn-v1"], frame, labels, serialization_format="cloudpickle")
+    _save(v2, dirs["churn-v2"], frame, labels, serialization_format="cloudpickle")
+    _save(
+        regressor,
+        dirs["prices-v1"],
+        reg_frame,
+        reg_target,
+        serialization_format="skops",
+        skops_trusted_types=["numpy.dtype"],
+    )
+    _save(
+        v1,
+        dirs["bare-v1"],
+        frame,
+        labels,
+        serialization_format="cloudpickle",
+        signature=False,
+        example=False,
+    )
+    # A version whose MLmodel is fine but whose pickle is garbage.
+    dirs["churn-broken"] = root / "churn-broken"
+    shutil.copytree(dirs["churn-v1"], dirs["churn-broken"])
+    (dirs["churn-broken"] / "model.pkl").write_bytes(b"this is not a pickle")
+    return Artifacts(
+        dirs=dirs,
+        pipelines={"churn-v1": v1, "churn-v2": v2, "prices-v1": regressor},
+        frames={"churn": frame, "prices": reg_frame},
+    )
+
+
+# ---- fakes -------------------------------------------------------------------------------------
+class FakeStore:
+    """``download_prefix`` copying from local dirs registered under s3 URIs."""
+
+    def __init__(self) -> None:
+        self.trees: dict[str, Path] = {}
+        self.downloads: list[str] = []
+
+    def add(self, uri: str, local_dir: Path) -> None:
+        self.trees[uri.rstrip("/")] = local_dir
+
+    def download_prefix(self, prefix: S3Uri, dest: Path) -> int:
+        uri = str(prefix).rstrip("/")
+        self.downloads.append(uri)
+        source = self.trees.get(uri)
+        if source is None:
+            return 0
+        count = 0
+        for path in source.rglob("*"):
+            if path.is_file():
+                target = dest / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                count += 1
+        return count
+
+
+@dataclass
+class FakeGateway:
+    """The model-gateway's alias endpoint; tests move aliases by changing ``aliases``."""
+
+    versions: dict[tuple[str, int], str] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], int] = field(default_factory=dict)
+    fail_with: int | None = None
+    calls: int = 0
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.fail_with is not None:
+            return httpx.Response(self.fail_with, json={"error": {"message": "gateway broke"}})
+        parts = request.url.path.split("/")
+        # /v1/models/{name}/aliases/{alias}
+        if request.method != "GET" or len(parts) != 6 or parts[4] != "aliases":
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no route"}})
+        name, alias = parts[3], parts[5]
+        version = self.aliases.get((name, alias))
+        if version is None:
+            message = f"model {name!r} has no alias {alias!r}"
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": message}})
+        uri = self.versions[(name, version)]
+        return httpx.Response(
+            200,
+            json={
+                "name": name,
+                "version": version,
+                "alias": alias,
+                "run_id": f"run-{name}-{version}",
+                "artifact_uri": uri,
+                "flavor": "sklearn",
+                "flavors": ["python_function", "sklearn"],
+                "signature": None,
+                "model_id": f"m-{version}",
+                "source": f"models:/m-{version}",
+                "created_at": "2026-11-27T07:00:00Z",
+            },
+        )
+
+    def set_alias(self, name: str, version: int, alias: str = "champion") -> None:
+        self.aliases[(name, alias)] = version
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def store(artifacts: Artifacts) -> FakeStore:
+    fake = FakeStore()
+    for name, path in artifacts.dirs.items():
+        fake.add(f"s3://{BUCKET}/models/{name}/artifacts", path)
+    return fake
+
+
+@pytest.fixture
+def gateway() -> FakeGateway:
+    fake = FakeGateway()
+    layout = {
+        ("churn", 1): "churn-v1",
+        ("churn", 2): "churn-v2",
+        ("churn", 3): "churn-broken",
+        ("prices", 1): "prices-v1",
+        ("bare", 1): "bare-v1",
+        ("ghost", 1): "missing",
+    }
+    for key, dirname in layout.items():
+        fake.versions[key] = f"s3://{BUCKET}/models/{dirname}/artifacts"
+    return fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> InferenceSettings:
+    values: dict[str, Any] = {
+        "model_name": "churn",
+        "cache_dir": tmp_path / "cache",
+        "s3": S3Settings(access_key_id="test", secret_access_key="test-secret"),
+        "max_batch_rows": 50,
+    }
+    values.update(overrides)
+    return InferenceSettings(**values)
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path) -> Callable[..., InferenceSettings]:
+    def factory(**overrides: Any) -> InferenceSettings:
+        return make_settings(tmp_path, **overrides)
+
+    return factory
+
+
+@dataclass
+class Service:
+    app: FastAPI
+    client: httpx.AsyncClient
+    manager: ModelManager
+    settings: InferenceSettings
+
+    async def post_json(self, path: str, body: Any) -> httpx.Response:
+        return await self.client.post(path, json=body)
+
+    async def post_raw(self, path: str, content: bytes) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        return await self.client.post(path, content=content, headers=headers)
+
+
+ServiceFactory = Callable[..., AbstractAsyncContextManager[Service]]
+
+
+@pytest.fixture
+def service(
+    tmp_path: Path, store: FakeStore, gateway: FakeGateway, clock: FakeClock, anyio_backend: str
+) -> ServiceFactory:
+    """``async with service("churn") as svc``: an app whose manager the test drives by hand."""
+
+    @asynccontextmanager
+    async def factory(model_name: str = "churn", **overrides: Any) -> AsyncIterator[Service]:
+        settings = make_settings(tmp_path, model_name=model_name, **overrides)
+        gateway_client = make_async_client(
+            "http://gateway.test", transport=httpx.MockTransport(gateway.handler)
+        )
+        manager = ModelManager(
+            model_name=settings.model_name,
+            alias=settings.model_alias,
+            gateway=GatewayClient(gateway_client),
+            store=store,
+            cache_dir=settings.cache_dir,
+            clock=clock,
+        )
+        app = create_app(settings, manager=manager)
+        async with (
+            gateway_client,
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://inference.test"
+            ) as client,
+        ):
+            yield Service(app=app, client=client, manager=manager, settings=settings)
+
+    return factory
+
+
+def rows_as_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as a client would send them: NaN -> null, numpy scalars -> JSON."""
+    return list(json.loads(frame.to_json(orient="records")))
+
+
+@pytest.fixture
+def to_rows() -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
+    return rows_as_json

@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mlops_common.http import make_async_client
+
+from inference.app import create_app
+from inference.gateway import GatewayClient
+from inference.manager import ModelManager
+from inference.model import ModelVersion, Prediction
+from inference.validation import InputColumn, InputSchema
+
+pytestmark = pytest.mark.anyio
+
+ROW = {"age": 40.0, "income": 52000.5, "visits": 3, "city": "lyon", "plan": "pro", "member": True}
+
+
+async def test_health_is_503_until_the_alias_exists_then_200(service, gateway, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="inference")
+    async with service() as svc:
+        for _ in range(3):
+            assert not await svc.manager.poll_once()
+        waiting = await svc.client.get("/health")
+        gateway.set_alias("churn", 1)
+        assert await svc.manager.poll_once()
+        ready = await svc.client.get("/health")
+
+    assert waiting.status_code == 503
+    assert waiting.headers["retry-after"]
+    body = waiting.json()
+    assert body["status"] == "loading"
+    assert body["last_error"] is None
+    assert "has no alias 'champion'" in body["message"]
+    # Waiting for a first promotion is normal: said once, not on every poll, never as an error.
+    waits = [r for r in caplog.records if "waiting for churn@champion" in r.getMessage()]
+    assert len(waits) == 1
+    assert all(r.levelno < logging.WARNING for r in waits)
+
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ok",
+        "model": {"name": "churn", "version": 1, "alias": "champion"},
+        "last_error": None,
+        "pending_version": None,
+        "message": None,
+    }
+
+
+async def test_model_info(service, gateway) -> None:
+    gateway.set_alias("churn", 1)
+    before = datetime.now(UTC)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        response = await svc.client.get("/model-info")
+    assert response.status_code == 200
+    info = response.json()
+    assert info["name"] == "churn"
+    assert info["version"] == 1
+    assert info["alias"] == "champion"
+    assert info["run_id"] == "run-churn-1"
+    assert info["artifact_uri"] == "s3://mlflow/models/churn-v1/artifacts"
+    assert info["flavor"] == "sklearn"
+    inputs = {col["name"]: col for col in info["signature"]["inputs"]}
+    assert list(inputs) == ["age", "income", "visits", "city", "plan", "member"]
+    assert inputs["age"] == {"name": "age", "type": "double", "required": False}
+    assert inputs["visits"]["type"] == "long"
+    assert inputs["member"]["type"] == "boolean"
+    loaded_at = datetime.fromisoformat(info["loaded_at"].replace("Z", "+00:00"))
+    assert loaded_at.tzinfo is not None
+    assert loaded_at >= before
+
+
+async def test_alias_move_swaps_in_the_new_version(service, gateway, store, tmp_path) -> None:
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        old = svc.manager.current
+        gateway.set_alias("churn", 2)
+        assert await svc.manager.poll_once()
+        new = svc.manager.current
+        response = await svc.post_json("/predict", {"instances": [ROW]})
+        assert not await svc.manager.poll_once()  # same version again: nothing to do
+
+    assert old is not None and new is not None
+    assert (old.meta.version, new.meta.version) == (1, 2)
+    assert response.json()["model"]["version"] == 2
+    # A request that picked up the old model before the swap can still finish with it.
+    assert old.predict(_frame_of(old, [ROW])).predictions
+    # Only the served version stays in the cache.
+    cached = sorted(p.name for p in (tmp_path / "cache" / "churn").iterdir())
+    assert cached == ["2"]
+    assert len(store.downloads) == 2
+
+
+async def test_broken_version_keeps_the_old_one_serving(service, gateway, store, clock) -> None:
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        gateway.set_alias("churn", 3)  # MLmodel fine, model.pkl garbage
+        assert not await svc.manager.poll_once()
+        health = (await svc.client.get("/health")).json()
+        served = (await svc.post_json("/predict", {"instances": [ROW]})).json()
+
+        # Not retried on every poll...
+        for _ in range(5):
+            await svc.manager.poll_once()
+        assert store.downloads.count("s3://mlflow/models/churn-broken/artifacts") == 1
+        # ...but again once the backoff has passed.
+        clock.now += 31
+        await svc.manager.poll_once()
+        assert store.downloads.count("s3://mlflow/models/churn-broken/artifacts") == 2
+
+        # Rolling the alias back clears the error.
+        gateway.set_alias("churn", 1)
+        await svc.manager.poll_once()
+        healed = (await svc.client.get("/health")).json()
+
+    assert health["status"] == "ok"
+    assert health["model"]["version"] == 1
+    assert health["pending_version"] == 3
+    assert "churn version 3" in health["last_error"]
+    assert "model.pkl" in health["last_error"]
+    assert served["model"]["version"] == 1
+    assert healed["last_error"] is None
+    assert healed["pending_version"] is None
+
+
+async def test_broken_first_version_is_unavailable(service, gateway, caplog) -> None:
+    gateway.set_alias("churn", 3)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        response = await svc.client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["pending_version"] == 3
+    assert "churn version 3" in body["last_error"]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "churn version 3" in errors[0].getMessage()
+
+
+async def test_missing_artifacts_are_a_load_error(service, gateway) -> None:
+    gateway.set_alias("ghost", 1)
+    async with service("ghost") as svc:
+        await svc.manager.poll_once()
+        body = (await svc.client.get("/health")).json()
+    assert "no artifacts under s3://mlflow/models/missing/artifacts" in body["last_error"]
+
+
+async def test_gateway_failure_is_reported_and_cleared(service, gateway) -> None:
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        gateway.fail_with = 500
+        await svc.manager.poll_once()
+        failing = (await svc.client.get("/health")).json()
+        gateway.fail_with = None
+        await svc.manager.poll_once()
+        recovered = (await svc.client.get("/health")).json()
+    assert failing["status"] == "ok"
+    assert "gateway answered 500" in failing["last_error"]
+    assert recovered["last_error"] is None
+
+
+async def test_a_restart_reuses_the_downloaded_copy(service, gateway, store) -> None:
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+    async with service() as svc:
+        assert await svc.manager.poll_once()
+    assert len(store.downloads) == 1
+
+
+async def test_background_polling_loads_the_model(settings_for, gateway, store) -> None:
+    gateway.set_alias("churn", 1)
+    settings = settings_for(poll_interval_s=0.05)
+    app = create_app(settings, gateway_transport=httpx.MockTransport(gateway.handler), store=store)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://inference.test") as client,
+    ):
+        first = await client.get("/health")  # the app answers before the model is there
+        assert first.status_code in (200, 503)
+        status = first.status_code
+        with anyio.fail_after(15):
+            while status != 200:
+                await anyio.sleep(0.05)
+                status = (await client.get("/health")).status_code
+        gateway.set_alias("churn", 2)
+        with anyio.fail_after(15):
+            while (await client.get("/health")).json()["model"]["version"] != 2:
+                await anyio.sleep(0.05)
+
+
+class _StubModel:
+    """A ServedModel that records the thread it predicts on, or refuses rows like sklearn does."""
+
+    flavor = "stub"
+
+    def __init__(self, local_dir: Path, meta: ModelVersion) -> None:
+        self.meta = meta
+        self.ready = False
+        self.loaded_at: datetime | None = None
+        self.input_schema = InputSchema((InputColumn("x", "double", True),))
+        self.signature: dict[str, Any] | None = None
+        self.input_example: list[Any] | None = [{"x": 1.0}]
+        self.threads: list[int] = []
+
+    def load(self) -> None:
+        self.ready = True
+        self.loaded_at = datetime.now(UTC)
+
+    def predict(self, frame: Any) -> Prediction:
+        self.threads.append(threading.get_ident())
+        if (frame["x"] < 0).any():
+            raise ValueError("Input contains negative values.\nmore detail")
+        return Prediction(predictions=frame["x"].tolist())
+
+
+def _stub_loader(local_dir: Path, meta: ModelVersion) -> _StubModel:
+    model = _StubModel(local_dir, meta)
+    model.load()
+    return model
+
+
+async def test_prediction_runs_off_the_event_loop_and_model_errors_are_422(
+    settings_for, gateway, store, clock
+) -> None:
+    gateway.set_alias("churn", 1)
+    settings = settings_for()
+    client = make_async_client("http://gw", transport=httpx.MockTransport(gateway.handler))
+    manager = ModelManager(
+        model_name="churn",
+        alias="champion",
+        gateway=GatewayClient(client),
+        store=store,
+        cache_dir=settings.cache_dir,
+        loader=_stub_loader,
+        clock=clock,
+    )
+    app = create_app(settings, manager=manager)
+    async with (
+        client,
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        await manager.poll_once()
+        loop_thread = threading.get_ident()
+        ok = await http.post("/predict", json={"instances": [{"x": 2.5}]})
+        refused = await http.post("/predict", json={"instances": [[-1]]})
+    model = manager.current
+    assert isinstance(model, _StubModel)
+    assert ok.json()["predictions"] == [2.5]
+    assert ok.json()["probabilities"] is None
+    assert loop_thread not in model.threads[1:]  # [0] is the load check, already in a thread
+    assert refused.status_code == 422
+    error = refused.json()["error"]
+    assert error["field"] == "instances"
+    assert error["message"] == (
+        "the model cannot score these rows: ValueError: Input contains negative values."
+    )
+
+
+def _frame_of(model: Any, rows: list[dict[str, Any]]) -> Any:
+    from inference.validation import build_frame
+
+    return build_frame(rows, model.input_schema)

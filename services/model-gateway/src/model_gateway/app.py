@@ -1,0 +1,75 @@
+"""Application factory: clients live on ``app.state`` and are built in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from mlops_common.db import make_engine, migrate
+from mlops_common.errors import install_error_handlers
+from mlops_common.http import make_async_client
+from mlops_common.storage import ObjectStore
+from sqlalchemy import Engine
+
+from model_gateway import __version__, db
+from model_gateway.api import router
+from model_gateway.handlers import ArtifactStore, GatewayHandler
+from model_gateway.mlflow_client import MlflowClient
+from model_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    mlflow_transport: httpx.AsyncBaseTransport | None = None,
+    store: ArtifactStore | None = None,
+    engine: Engine | None = None,
+) -> FastAPI:
+    """Build the app; the keyword arguments replace real clients (tests pass fakes)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_engine = engine is None
+        db_engine = engine or make_engine(
+            settings.db.url.get_secret_value(), pool_size=settings.db.pool_size
+        )
+        http = make_async_client(
+            settings.mlflow.tracking_uri,
+            timeout_s=settings.mlflow_timeout_s,
+            retries=settings.mlflow_retries,
+            transport=mlflow_transport,
+        )
+        try:
+            if settings.migrate_on_startup:
+                # Migrate the database the engine really points at (tests inject one).
+                url = db_engine.url.render_as_string(hide_password=False)
+                await asyncio.to_thread(migrate, url, db.MIGRATIONS_DIR, db.VERSION_TABLE)
+                log.info("database schema is at head (%s)", db.VERSION_TABLE)
+            app.state.handler = GatewayHandler(
+                mlflow=MlflowClient(http),
+                store=store or ObjectStore.from_settings(settings.s3),
+                engine=db_engine,
+                settings=settings,
+            )
+            yield
+        finally:
+            await http.aclose()
+            if own_engine:
+                db_engine.dispose()
+
+    app = FastAPI(
+        title="model-gateway",
+        version=__version__,
+        description="Resolves MLflow registry aliases to s3:// artifact URIs and moves aliases "
+        "with an audit trail.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

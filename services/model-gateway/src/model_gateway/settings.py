@@ -1,0 +1,64 @@
+"""Settings of the model gateway, read from ``GATEWAY_*`` (plus the shared ``MLFLOW_``, ``S3_``,
+``PLATFORM_DB_`` prefixes)."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from mlops_common.settings import (
+    DatabaseSettings,
+    MLflowSettings,
+    S3Settings,
+    ServiceSettings,
+    refuse_placeholder_secrets,
+)
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+# mlops_common ships no py.typed marker, so mypy may see ServiceSettings as Any.
+class GatewaySettings(ServiceSettings):  # type: ignore[misc, unused-ignore]
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    port: int = 8820
+    mlflow: MLflowSettings = Field(default_factory=MLflowSettings)
+    # S3 and database settings have required fields, which pydantic's Field stubs reject here.
+    s3: S3Settings = Field(default_factory=S3Settings)  # type: ignore[arg-type,unused-ignore]
+    db: DatabaseSettings = Field(
+        default_factory=DatabaseSettings  # type: ignore[arg-type,unused-ignore]
+    )
+
+    artifacts_destination: str = Field(
+        default="s3://mlflow",
+        description="The MLflow server's --artifacts-destination; mlflow-artifacts:/ URIs map here",
+    )
+    mlflow_timeout_s: float = Field(default=10.0, gt=0)
+    mlflow_retries: int = Field(default=3, ge=0, le=10)
+    mlflow_max_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Concurrent MLflow calls when listing a model"
+    )
+    mlflow_search_page_size: int = Field(default=1000, ge=1, le=10_000)
+    resolve_cache_size: int = Field(
+        default=1024, ge=0, description="Resolved model versions kept in memory (0 disables)"
+    )
+    migrate_on_startup: bool = True
+
+    @field_validator("artifacts_destination")
+    @classmethod
+    def _s3_destination(cls, value: str) -> str:
+        if not value.startswith("s3://") or len(value) <= len("s3://"):
+            raise ValueError(f"must be an s3://bucket[/prefix] URI, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _no_placeholder_db_password(self) -> Self:
+        try:
+            password = make_url(self.db.url.get_secret_value()).password
+        except ArgumentError as exc:
+            raise ValueError("PLATFORM_DB_URL is not a valid SQLAlchemy URL") from exc
+        # A URL without a password (SQLite, peer or IAM auth) has nothing to check.
+        if password is not None:
+            refuse_placeholder_secrets(self.environment, PLATFORM_DB_URL_PASSWORD=password)
+        return self

@@ -1,0 +1,70 @@
+"""Routes of the trainer API: thin, the work is in JobsHandler."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from trainer.handlers import JobsHandler
+from trainer.queue import JobQueue
+from trainer.schemas import JobView, TrainRequest
+
+router = APIRouter()
+
+
+def get_handler(request: Request) -> JobsHandler:
+    handler: JobsHandler = request.app.state.handler
+    return handler
+
+
+def get_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.queue
+    return queue
+
+
+HandlerDep = Annotated[JobsHandler, Depends(get_handler)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+
+
+@router.post("/v1/train", status_code=202, response_model=JobView, tags=["jobs"])
+def train(body: TrainRequest, handler: HandlerDep, response: Response) -> JobView:
+    """Validate and queue a training job; answers at once with the job to poll."""
+    job, created = handler.submit(body)
+    response.headers["Location"] = f"/v1/jobs/{job.job_id}"
+    if not created:
+        response.status_code = 200
+    return job
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+def get_job(job_id: str, handler: HandlerDep) -> JobView:
+    return handler.get(job_id)
+
+
+@router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
+def list_jobs(
+    handler: HandlerDep,
+    model_name: str | None = None,
+    status: Literal["queued", "running", "succeeded", "failed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[JobView]:
+    return handler.list(model_name, status, limit)
+
+
+@router.get("/health", tags=["health"])
+def health(handler: HandlerDep, queue: QueueDep) -> JSONResponse:
+    body: dict[str, Any] = {"status": "ok"}
+    try:
+        with handler.store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        body["database"] = "ok"
+    except Exception:
+        body["database"] = "unavailable"
+    body["broker"] = "ok" if queue.broker_ok() else "unavailable"
+    body["workers"] = queue.workers() if body["broker"] == "ok" else []
+    healthy = body["database"] == "ok" and body["broker"] == "ok"
+    body["status"] = "ok" if healthy else "unavailable"
+    return JSONResponse(body, status_code=200 if healthy else 503)

@@ -1,0 +1,89 @@
+"""The trainer's HTTP API: ``create_app(settings, …)`` builds it; clients are made in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+from fastapi import FastAPI
+from mlops_common.db import make_engine, migrate
+from mlops_common.errors import install_error_handlers
+from mlops_common.storage import ObjectStore
+from sqlalchemy import Engine
+
+from trainer.api import router
+from trainer.handlers import JobsHandler
+from trainer.jobs import JobStore
+from trainer.queue import CeleryQueue, JobQueue, make_celery
+from trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_trainer"
+
+
+async def _reap(store: JobStore, queue: JobQueue, settings: TrainerSettings) -> None:
+    """Jobs whose worker vanished and never came back are requeued or failed, never left running."""
+    while True:
+        await asyncio.sleep(settings.stale_after_s / 3)
+        try:
+            requeued, failed = await asyncio.to_thread(
+                store.recover_orphans, settings.stale_after_s, settings.max_attempts
+            )
+            for job_id in requeued:
+                await asyncio.to_thread(queue.enqueue, job_id)
+            if requeued or failed:
+                log.warning("stale jobs: requeued %s, failed %s", requeued, failed)
+        except Exception:
+            log.exception("recovering stale jobs failed; will try again")
+
+
+def create_app(
+    settings: TrainerSettings,
+    *,
+    engine: Engine | None = None,
+    queue: JobQueue | None = None,
+    objects: ObjectStore | None = None,
+    run_migrations: bool = True,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db_url = settings.db.url.get_secret_value()
+        if run_migrations:
+            await asyncio.to_thread(migrate, db_url, MIGRATIONS, VERSION_TABLE)
+        db = engine or make_engine(db_url, settings.db.pool_size)
+        jobs_queue = queue or CeleryQueue(make_celery(settings))
+        store = JobStore(db)
+        app.state.handler = JobsHandler(
+            store, jobs_queue, objects or ObjectStore.from_settings(settings.s3)
+        )
+        app.state.queue = jobs_queue
+        # A job recorded but never queued (API stopped in between) is sent again; a duplicate
+        # message is harmless because only one delivery can claim the job.
+        for job_id in await asyncio.to_thread(store.queued_ids):
+            await asyncio.to_thread(jobs_queue.enqueue, job_id)
+        reaper = asyncio.create_task(_reap(store, jobs_queue, settings))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            if engine is None:
+                db.dispose()
+
+    app = FastAPI(
+        title="trainer",
+        version=version("trainer"),
+        description="Queues training jobs and reports on them; Celery workers train and register.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,104 @@
+"""What the trainer API does, apart from HTTP: validate, record, queue, report."""
+
+from __future__ import annotations
+
+import logging
+
+from mlops_common.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from mlops_common.storage import ObjectStore
+
+from trainer.algorithms import ALGORITHMS, Task
+from trainer.datasets import BUILTIN_TASKS, check_target
+from trainer.jobs import IdempotencyConflict, Job, JobStore
+from trainer.queue import JobQueue
+from trainer.schemas import JobView, TrainRequest
+from trainer.training import resolve_algorithm
+
+log = logging.getLogger(__name__)
+
+
+def job_view(job: Job) -> JobView:
+    return JobView(
+        job_id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        model_name=job.model_name,
+        attempts=job.attempts,
+        run_id=job.run_id,
+        model_version=job.model_version,
+        task=job.task,
+        algorithm=job.algorithm,
+        metrics=job.metrics,
+        promoted=job.promoted,
+        promotion=job.promotion,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+class JobsHandler:
+    def __init__(self, store: JobStore, queue: JobQueue, objects: ObjectStore) -> None:
+        self.store = store
+        self.queue = queue
+        self.objects = objects
+
+    def validate(self, request: TrainRequest) -> None:
+        """Everything that can be known wrong before training starts answers 422 now."""
+        known_task = request.task or (
+            BUILTIN_TASKS[request.dataset.builtin] if request.dataset.builtin else None
+        )
+        tasks: list[Task] = [known_task] if known_task else list(ALGORITHMS)
+        if request.algorithm:
+            tasks = [t for t in tasks if request.algorithm in ALGORITHMS[t]]
+            if not tasks:
+                raise Unprocessable(
+                    f"algorithm {request.algorithm!r} does not do {known_task}; use one of: "
+                    + ", ".join(sorted(ALGORITHMS[known_task or "classification"])),
+                    field="algorithm",
+                )
+        errors: list[Unprocessable] = []
+        for task in tasks:
+            try:
+                resolve_algorithm(request, task)
+                break
+            except Unprocessable as exc:
+                errors.append(exc)
+        else:
+            raise errors[0]
+        spec = request.dataset
+        if spec.uri is not None and spec.target is not None:
+            check_target(self.objects, spec.uri, spec.target)
+
+    def submit(self, request: TrainRequest) -> tuple[JobView, bool]:
+        self.validate(request)
+        body = request.model_dump(mode="json")
+        try:
+            job, created = self.store.create(request.model_name, body, request.idempotency_key)
+        except IdempotencyConflict as exc:
+            raise Conflict(
+                f"idempotency_key {request.idempotency_key!r} was used for a different request "
+                f"(job {exc.existing.id})",
+                field="idempotency_key",
+            ) from exc
+        if created:
+            try:
+                self.queue.enqueue(job.id)
+            except Exception as exc:
+                # The broker is down: leave no job behind that nobody will run.
+                self.store.delete(job.id)
+                log.error("could not queue job %s: %s", job.id, exc)
+                raise ServiceUnavailable(
+                    "the job queue (Redis) is unavailable; retry later"
+                ) from exc
+            log.info("job %s queued for %s", job.id, request.model_name)
+        return job_view(job), created
+
+    def get(self, job_id: str) -> JobView:
+        job = self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", field="job_id")
+        return job_view(job)
+
+    def list(self, model_name: str | None, status: str | None, limit: int) -> list[JobView]:
+        return [job_view(j) for j in self.store.list(model_name, status, limit)]

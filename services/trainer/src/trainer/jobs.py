@@ -1,0 +1,192 @@
+"""Training jobs in PostgreSQL: the source of truth for a job's state, whatever the queue does."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    Text,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    task: Mapped[str | None] = mapped_column(String(32))
+    algorithm: Mapped[str | None] = mapped_column(String(64))
+    metrics: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    promoted: Mapped[bool | None] = mapped_column(Boolean)
+    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyConflict(Exception):
+    def __init__(self, existing: Job) -> None:
+        super().__init__(existing.id)
+        self.existing = existing
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def create(self, model_name: str, request: dict[str, Any], key: str | None) -> tuple[Job, bool]:
+        """Insert a queued job; with a known idempotency key return the existing one (created=False).
+
+        A key reused with a different request raises IdempotencyConflict.
+        """
+        job = Job(
+            id=str(uuid.uuid4()),
+            idempotency_key=key,
+            model_name=model_name,
+            request=request,
+            status="queued",
+            attempts=0,
+            created_at=utcnow(),
+        )
+        with self.sessions() as session:
+            session.add(job)
+            try:
+                session.commit()
+                return job, True
+            except IntegrityError:
+                session.rollback()
+        existing = self.by_key(key) if key else None
+        if existing is None:
+            raise RuntimeError("job insert failed without an idempotency conflict")
+        if existing.request != request:
+            raise IdempotencyConflict(existing)
+        return existing, False
+
+    def by_key(self, key: str) -> Job | None:
+        with self.sessions() as session:
+            return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+
+    def get(self, job_id: str) -> Job | None:
+        with self.sessions() as session:
+            return session.get(Job, job_id)
+
+    def claim(self, job_id: str, worker: str) -> Job | None:
+        """Atomically move a queued job to running; None when another delivery got it first."""
+        now = utcnow()
+        with self.sessions() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(
+                    status="running",
+                    worker=worker,
+                    attempts=Job.attempts + 1,
+                    started_at=now,
+                    heartbeat_at=now,
+                    error=None,
+                )
+            )
+            session.commit()
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return session.get(Job, job_id)
+
+    def heartbeat(self, job_id: str) -> None:
+        self._update(job_id, heartbeat_at=utcnow())
+
+    def record(self, job_id: str, **values: Any) -> None:
+        self._update(job_id, **values)
+
+    def succeed(self, job_id: str, **values: Any) -> None:
+        self._update(job_id, status="succeeded", finished_at=utcnow(), **values)
+
+    def fail(self, job_id: str, error: str) -> None:
+        self._update(job_id, status="failed", error=error[:4000], finished_at=utcnow())
+
+    def _update(self, job_id: str, **values: Any) -> None:
+        with self.sessions() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(**values))
+            session.commit()
+
+    def delete(self, job_id: str) -> None:
+        with self.sessions() as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+            session.commit()
+
+    def list(self, model_name: str | None, status: str | None, limit: int) -> list[Job]:
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if model_name:
+            query = query.where(Job.model_name == model_name)
+        if status:
+            query = query.where(Job.status == status)
+        with self.sessions() as session:
+            return list(session.scalars(query))
+
+    def queued_ids(self) -> list[str]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Job.id).where(Job.status == "queued")))
+
+    def recover_orphans(
+        self, stale_after_s: float, max_attempts: int, dead_worker: str | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Running jobs whose worker is gone: requeue them, or fail them when out of attempts.
+
+        A worker is gone when its heartbeat is stale, or when ``dead_worker`` names it (a worker
+        that just started under the same name as the one that was running the job).
+        Returns (requeued ids, failed ids).
+        """
+        cutoff = utcnow() - timedelta(seconds=stale_after_s)
+        requeued: list[str] = []
+        failed: list[str] = []
+        with self.sessions() as session:
+            query = select(Job).where(Job.status == "running").with_for_update(skip_locked=True)
+            for job in session.scalars(query):
+                heartbeat = job.heartbeat_at
+                if heartbeat is not None and heartbeat.tzinfo is None:
+                    heartbeat = heartbeat.replace(tzinfo=UTC)
+                lost = (dead_worker is not None and job.worker == dead_worker) or (
+                    heartbeat is None or heartbeat < cutoff
+                )
+                if not lost:
+                    continue
+                reason = f"worker {job.worker} stopped while running attempt {job.attempts}"
+                if job.attempts < max_attempts:
+                    job.status, job.error = "queued", f"{reason}; retrying"
+                    requeued.append(job.id)
+                else:
+                    job.status, job.error = "failed", f"{reason} of {max_attempts}; giving up"
+                    job.finished_at = utcnow()
+                    failed.append(job.id)
+            session.commit()
+        return requeued, failed

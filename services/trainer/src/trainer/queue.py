@@ -1,0 +1,55 @@
+"""How the API hands a job to the workers: a Celery message on Redis carrying only the job id."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from celery import Celery
+
+from trainer.settings import TrainerSettings
+
+TASK_NAME = "trainer.train_job"
+
+
+class JobQueue(Protocol):
+    def enqueue(self, job_id: str) -> None: ...
+
+    def workers(self) -> list[str]: ...
+
+    def broker_ok(self) -> bool: ...
+
+
+def make_celery(settings: TrainerSettings) -> Celery:
+    app = Celery("trainer", broker=settings.broker_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.job_time_limit_s,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        # Redelivery of an unacked message after a crash; the job row decides whether it runs.
+        broker_transport_options={"visibility_timeout": settings.job_time_limit_s + 600},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+class CeleryQueue:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def enqueue(self, job_id: str) -> None:
+        self.app.send_task(TASK_NAME, args=[job_id])
+
+    def workers(self) -> list[str]:
+        replies = self.app.control.ping(timeout=1.0) or []
+        return sorted(name for reply in replies for name in reply)
+
+    def broker_ok(self) -> bool:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception:
+            return False
+        return True

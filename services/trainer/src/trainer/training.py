@@ -1,0 +1,244 @@
+"""One training job, start to finish: load, split, fit, evaluate, track, register, promote."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import mlflow
+import mlflow.data
+import mlflow.sklearn
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from mlops_common.errors import Unprocessable
+from mlops_common.storage import ObjectStore
+from sklearn.model_selection import train_test_split
+from skops import io as skops_io
+
+from trainer.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_METRIC, METRICS, Task
+from trainer.datasets import LoadedDataset, load_builtin, load_uri
+from trainer.pipeline import build_pipeline, evaluate, infer_task, normalise_categoricals
+from trainer.schemas import Promotion, TrainRequest
+
+log = logging.getLogger(__name__)
+
+# Pinned so log_model does not spend ~17 s guessing requirements from the environment.
+PIP_REQUIREMENTS = ["scikit-learn", "pandas", "numpy", "skops"]
+TRUSTED_MODULES = frozenset({"numpy", "scipy", "sklearn", "builtins"})
+
+
+class JobFailed(Exception):
+    """A job that cannot succeed with this request (bad data, bad params): no point retrying."""
+
+
+@dataclass
+class TrainingResult:
+    task: Task
+    algorithm: str
+    run_id: str
+    model_version: int
+    metrics: dict[str, float]
+    promoted: bool | None = None
+    promotion: dict[str, Any] | None = None
+    steps: list[str] = field(default_factory=list)
+
+
+def resolve_algorithm(request: TrainRequest, task: Task) -> tuple[str, Any]:
+    name = request.algorithm or DEFAULT_ALGORITHM[task]
+    algorithm = ALGORITHMS[task].get(name)
+    if algorithm is None:
+        known = ", ".join(sorted(ALGORITHMS[task]))
+        raise Unprocessable(
+            f"algorithm {name!r} does not do {task}; use one of: {known}", field="algorithm"
+        )
+    unknown = sorted(set(request.params) - algorithm.allowed_params())
+    if unknown:
+        raise Unprocessable(
+            f"{name} has no parameter(s) {', '.join(unknown)}", field=f"params.{unknown[0]}"
+        )
+    try:
+        return name, algorithm.build(request.params)
+    except (TypeError, ValueError) as exc:
+        raise Unprocessable(f"invalid params for {name}: {exc}", field="params") from exc
+
+
+class Trainer:
+    def __init__(
+        self, store: ObjectStore, gateway: httpx.Client, experiment: str, max_rows: int
+    ) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.experiment = experiment
+        self.max_rows = max_rows
+        self.client = MlflowClient()
+
+    def load(self, request: TrainRequest) -> LoadedDataset:
+        spec = request.dataset
+        if spec.builtin is not None:
+            return load_builtin(spec.builtin)
+        assert spec.uri is not None and spec.target is not None  # guaranteed by DatasetSpec
+        return load_uri(self.store, spec.uri, spec.target, self.max_rows)
+
+    def run(self, request: TrainRequest, job_id: str) -> TrainingResult:
+        started = time.monotonic()
+
+        def step(message: str) -> None:
+            log.info("job %s: %s (+%.1fs)", job_id, message, time.monotonic() - started)
+
+        try:
+            data = self.load(request)
+        except Unprocessable as exc:
+            raise JobFailed(exc.message) from exc
+        step(f"loaded {data.source}: {data.rows} rows, {data.features.shape[1]} features")
+        task: Task = request.task or infer_task(data.target)
+        step(f"task: {task}" + ("" if request.task else " (inferred from the target)"))
+        try:
+            algorithm_name, estimator = resolve_algorithm(request, task)
+        except Unprocessable as exc:
+            raise JobFailed(exc.message) from exc
+        features = normalise_categoricals(data.features)
+        stratify = (
+            data.target
+            if task == "classification" and data.target.value_counts().min() >= 2
+            else None
+        )
+        x_train, x_test, y_train, y_test = train_test_split(
+            features,
+            data.target,
+            test_size=request.test_size,
+            random_state=request.random_state,
+            stratify=stratify,
+        )
+        pipeline = build_pipeline(features, estimator)
+        try:
+            pipeline.fit(x_train, y_train)
+        except ValueError as exc:
+            raise JobFailed(f"fitting {algorithm_name} failed: {exc}") from exc
+        metrics = evaluate(task, pipeline, x_test, y_test)
+        step(f"fitted {algorithm_name} ({task}); holdout {_fmt(metrics)}")
+
+        mlflow.set_experiment(self.experiment)
+        with mlflow.start_run(run_name=f"{request.model_name}-{job_id[:8]}") as run:
+            mlflow.set_tags({"trainer.job_id": job_id, "model_name": request.model_name})
+            mlflow.log_params(
+                {
+                    "task": task,
+                    "algorithm": algorithm_name,
+                    "dataset_source": data.source,
+                    "dataset_digest": data.digest,
+                    "dataset_rows": data.rows,
+                    "test_size": request.test_size,
+                    "random_state": request.random_state,
+                    **{f"param.{k}": v for k, v in request.params.items()},
+                }
+            )
+            mlflow.log_metrics(metrics)
+            whole = data.features.assign(**{str(data.target.name): data.target})
+            # Built-in sets have no resolvable URI; MLflow then records the code that made them.
+            source = data.source if data.source.startswith("s3://") else None
+            mlflow.log_input(
+                mlflow.data.from_pandas(
+                    whole, source=source, targets=str(data.target.name), name=data.source
+                ),
+                context="training",
+            )
+            signature = infer_signature(x_train, pipeline.predict(x_train.head(20)))
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                signature=signature,
+                input_example=x_train.head(5),
+                registered_model_name=request.model_name,
+                pip_requirements=PIP_REQUIREMENTS,
+                skops_trusted_types=trusted_types(pipeline),
+            )
+            version = int(info.registered_model_version)
+        step(f"logged run {run.info.run_id} and registered {request.model_name} v{version}")
+        result = TrainingResult(task, algorithm_name, run.info.run_id, version, metrics)
+        if request.promote is not None:
+            result.promoted, result.promotion = self.promote(
+                request.model_name, version, task, metrics, request.promote, job_id
+            )
+            step(f"promotion: {result.promotion['reason']}")
+        return result
+
+    def promote(
+        self,
+        model_name: str,
+        version: int,
+        task: Task,
+        metrics: dict[str, float],
+        spec: Promotion,
+        job_id: str,
+    ) -> tuple[bool, dict[str, Any]]:
+        metric = spec.metric or DEFAULT_METRIC[task]
+        if metric not in METRICS[task]:
+            return False, {
+                "alias": spec.alias,
+                "metric": metric,
+                "reason": f"metric {metric!r} does not apply to {task}",
+            }
+        higher_is_better = METRICS[task][metric]
+        mine = metrics.get(metric)
+        decision: dict[str, Any] = {
+            "alias": spec.alias,
+            "metric": metric,
+            "min_improvement": spec.min_improvement,
+            "candidate_version": version,
+            "candidate_value": mine,
+        }
+        if mine is None:
+            return False, {**decision, "reason": f"this run has no {metric} to compare"}
+        current = self.gateway.get(f"/v1/models/{model_name}/aliases/{spec.alias}")
+        if current.status_code == 404:
+            holder = None
+        else:
+            current.raise_for_status()
+            holder = current.json()
+        if holder is not None:
+            theirs = self.client.get_run(holder["run_id"]).data.metrics.get(metric)
+            decision.update(current_version=holder["version"], current_value=theirs)
+            if theirs is None:
+                return False, {
+                    **decision,
+                    "reason": f"{spec.alias} v{holder['version']} has no {metric}",
+                }
+            gain = (mine - theirs) if higher_is_better else (theirs - mine)
+            if gain <= 0 or gain < spec.min_improvement:
+                return False, {
+                    **decision,
+                    "reason": (
+                        f"not promoted: {metric} {mine:.4f} vs {spec.alias} v{holder['version']} "
+                        f"{theirs:.4f} (needs to beat it by more than 0 and by at least {spec.min_improvement})"
+                    ),
+                }
+            reason = (
+                f"promoted: {metric} {mine:.4f} beats {spec.alias} v{holder['version']} "
+                f"{theirs:.4f} by {gain:.4f} (≥ {spec.min_improvement})"
+            )
+        else:
+            reason = f"promoted: no model held {spec.alias}"
+        moved = self.gateway.put(
+            f"/v1/models/{model_name}/aliases/{spec.alias}",
+            json={"version": version, "reason": reason},
+            headers={"X-Actor": f"trainer:job/{job_id}"},
+        )
+        moved.raise_for_status()
+        return True, {**decision, "reason": reason}
+
+
+def trusted_types(model: Any) -> list[str]:
+    """Types skops may load for this pipeline: only numpy's, scipy's and scikit-learn's own.
+
+    skops (MLflow's default format) refuses unknown types on load instead of running pickled code;
+    a type from any other module stays untrusted and makes logging fail loudly.
+    """
+    found = skops_io.get_untrusted_types(data=skops_io.dumps(model))
+    return [t for t in found if t.split(".", 1)[0] in TRUSTED_MODULES]
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,120 @@
+"""The Celery worker: takes job ids off Redis and trains them.
+
+PostgreSQL, not the broker, holds each job's state: a message may be delivered twice (late ack
+after a crash), so a job runs only for the delivery that atomically claims it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from functools import cache
+from typing import Any
+
+import mlflow
+from celery import Celery, signals
+from mlops_common.db import make_engine, migrate
+from mlops_common.http import make_sync_client
+from mlops_common.logging import configure_logging
+from mlops_common.storage import ObjectStore
+
+from trainer.jobs import JobStore
+from trainer.queue import TASK_NAME, CeleryQueue, make_celery
+from trainer.schemas import TrainRequest
+from trainer.settings import TrainerSettings
+from trainer.training import JobFailed, Trainer
+
+log = logging.getLogger("trainer.worker")
+
+settings = TrainerSettings()
+celery_app: Celery = make_celery(settings)
+
+
+@cache
+def _runtime() -> tuple[JobStore, Trainer]:
+    url = settings.db.url.get_secret_value()
+    migrate_db(url)
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    gateway = make_sync_client(settings.gateway_url, timeout_s=30.0)
+    trainer = Trainer(
+        ObjectStore.from_settings(settings.s3),
+        gateway,
+        settings.experiment_name,
+        settings.max_dataset_rows,
+    )
+    return JobStore(make_engine(url, settings.db.pool_size)), trainer
+
+
+def migrate_db(url: str) -> None:
+    from trainer.app import MIGRATIONS, VERSION_TABLE
+
+    migrate(url, MIGRATIONS, VERSION_TABLE)
+
+
+def _worker_name() -> str:
+    return f"trainer@{socket.gethostname()}"
+
+
+@signals.setup_logging.connect
+def _logging(**_: Any) -> None:
+    configure_logging("trainer-worker", settings.log_level, settings.log_json)
+
+
+@signals.worker_ready.connect
+def _recover(**_: Any) -> None:
+    """A job the previous incarnation of this worker was running is retried or failed, never stuck."""
+    store, _trainer = _runtime()
+    requeued, failed = store.recover_orphans(
+        settings.stale_after_s, settings.max_attempts, dead_worker=_worker_name()
+    )
+    queue = CeleryQueue(celery_app)
+    for job_id in requeued + store.queued_ids():
+        queue.enqueue(job_id)
+    if requeued or failed:
+        log.warning("recovered jobs after a restart: requeued %s, failed %s", requeued, failed)
+
+
+@celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+def train_job(job_id: str) -> str:
+    store, trainer = _runtime()
+    job = store.claim(job_id, _worker_name())
+    if job is None:
+        # Already taken by another delivery, or finished: nothing to do.
+        return "skipped"
+    log.info("job %s: attempt %d for %s", job_id, job.attempts, job.model_name)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
+    beat.start()
+    try:
+        result = trainer.run(TrainRequest.model_validate(job.request), job_id)
+    except JobFailed as exc:
+        store.fail(job_id, str(exc))
+        log.error("job %s failed: %s", job_id, exc)
+        return "failed"
+    except Exception as exc:
+        store.fail(job_id, f"{type(exc).__name__}: {exc}")
+        log.exception("job %s failed", job_id)
+        return "failed"
+    finally:
+        stop.set()
+    store.succeed(
+        job_id,
+        run_id=result.run_id,
+        model_version=result.model_version,
+        task=result.task,
+        algorithm=result.algorithm,
+        metrics=result.metrics,
+        promoted=result.promoted,
+        promotion=result.promotion,
+    )
+    log.info("job %s succeeded: %s v%d", job_id, job.model_name, result.model_version)
+    return "succeeded"
+
+
+def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(settings.heartbeat_interval_s):
+        try:
+            store.heartbeat(job_id)
+        except Exception:
+            log.warning("job %s: heartbeat failed", job_id, exc_info=True)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from trainer.jobs import JobStore, utcnow
+
+
+def test_only_one_delivery_claims_a_job(store: JobStore) -> None:
+    job, _ = store.create("m", {"x": 1}, None)
+    claimed = store.claim(job.id, "w1")
+    assert claimed is not None and claimed.status == "running" and claimed.attempts == 1
+    assert store.claim(job.id, "w2") is None
+
+
+def test_a_restarted_worker_requeues_what_it_was_running(store: JobStore) -> None:
+    job, _ = store.create("m", {"x": 1}, None)
+    store.claim(job.id, "trainer@host")
+    requeued, failed = store.recover_orphans(3600, max_attempts=2, dead_worker="trainer@host")
+    assert (requeued, failed) == ([job.id], [])
+    again = store.get(job.id)
+    assert again is not None and again.status == "queued"
+    assert "stopped while running attempt 1" in (again.error or "")
+
+
+def test_a_job_out_of_attempts_is_failed_with_a_reason(store: JobStore) -> None:
+    job, _ = store.create("m", {"x": 1}, None)
+    store.claim(job.id, "w")
+    store.recover_orphans(3600, max_attempts=2, dead_worker="w")
+    store.claim(job.id, "w")
+    requeued, failed = store.recover_orphans(3600, max_attempts=2, dead_worker="w")
+    assert (requeued, failed) == ([], [job.id])
+    final = store.get(job.id)
+    assert final is not None and final.status == "failed" and "giving up" in (final.error or "")
+
+
+def test_live_jobs_are_left_alone_and_stale_ones_recovered(store: JobStore) -> None:
+    live, _ = store.create("m", {"x": 1}, None)
+    stale, _ = store.create("m", {"x": 2}, None)
+    store.claim(live.id, "a")
+    store.claim(stale.id, "b")
+    store.record(stale.id, heartbeat_at=utcnow() - timedelta(minutes=10))
+    requeued, _ = store.recover_orphans(60, max_attempts=3)
+    assert requeued == [stale.id]
+    live_now = store.get(live.id)
+    assert live_now is not None and live_now.status == "running"

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression, Ridge
+from trainer.datasets import frame_digest, load_builtin
+from trainer.pipeline import build_pipeline, evaluate, infer_task, normalise_categoricals
+
+
+def mixed_frame(n: int = 200) -> tuple[pd.DataFrame, pd.Series]:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, n).astype(float),
+            "city": rng.choice(["paris", "lyon", None], n),
+            "plan": rng.choice(["basic", "pro"], n),
+        }
+    )
+    frame.loc[::7, "age"] = np.nan
+    target = pd.Series(np.where(frame["plan"] == "pro", "stay", "churn"), name="label")
+    return frame, target
+
+
+@pytest.mark.parametrize(
+    ("values", "task"),
+    [
+        (["a", "b", "a"], "classification"),
+        ([0, 1, 2, 1], "classification"),
+        ([True, False], "classification"),
+        ([0.5, 1.7, 2.2, 9.1], "regression"),
+        (list(range(100)), "regression"),
+    ],
+)
+def test_task_is_inferred_from_the_target(values: list[object], task: str) -> None:
+    assert infer_task(pd.Series(values)) == task
+
+
+def test_pipeline_handles_categoricals_and_missing_values() -> None:
+    features, target = mixed_frame()
+    features = normalise_categoricals(features)
+    model = build_pipeline(features, LogisticRegression(max_iter=500)).fit(features, target)
+    unseen = pd.DataFrame({"age": [np.nan, 30.0], "city": [None, "berlin"], "plan": ["pro", None]})
+    assert list(model.predict(unseen)[:1]) == ["stay"]
+    metrics = evaluate("classification", model, features, target)
+    assert metrics["accuracy"] == 1.0
+    assert set(metrics) >= {"accuracy", "f1", "roc_auc", "log_loss"}
+
+
+def test_regression_metrics() -> None:
+    data = load_builtin("diabetes")
+    model = build_pipeline(data.features, Ridge()).fit(data.features, data.target)
+    metrics = evaluate("regression", model, data.features, data.target)
+    assert metrics["rmse"] > 0 and 0 < metrics["r2"] < 1
+
+
+def test_digest_depends_on_content_not_on_index() -> None:
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    assert frame_digest(frame) == frame_digest(frame.set_axis([10, 11]))
+    assert frame_digest(frame) != frame_digest(frame.assign(a=[1, 3]))

@@ -1,0 +1,460 @@
+"""The stack's components: how each starts, what it needs, and how we know it is healthy.
+
+Order matters: each component starts only when the ones before it are healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mlops_stack import binaries
+from mlops_stack.config import Paths, StackSecrets, StackSettings
+
+PLATFORM_DATABASES = ("airflow", "mlflow_db", "platform")
+BUCKETS = ("mlflow", "data")
+
+
+@dataclass
+class Component:
+    name: str
+    url: str
+    ports: tuple[int, ...]
+    command: Callable[[], list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+    healthy: Callable[[], bool] = lambda: True
+    # One-time work before the process starts (initdb) and after it is healthy (databases, buckets).
+    prepare: Callable[[], None] = lambda: None
+    after_healthy: Callable[[], None] = lambda: None
+    user: pwd.struct_passwd | None = None
+    # Seconds a healthy start may take (MLflow and the trainer import heavy libraries).
+    start_timeout_s: float = 90.0
+    kind: str = "server"
+
+
+def http_ok(url: str, accept: tuple[int, ...] = (200,)) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=2.0).status_code in accept
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def tcp_ping_redis(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class Stack:
+    """Builds every component from the stack settings and the generated secrets."""
+
+    def __init__(self, settings: StackSettings, secrets: StackSecrets, paths: Paths) -> None:
+        self.settings = settings
+        self.secrets = secrets
+        self.paths = paths
+        self.host = settings.host
+
+    # ---- what clients need -------------------------------------------------------------
+    def db_url(self, database: str, driver: str = "postgresql+psycopg2") -> str:
+        s = self.secrets
+        return (
+            f"{driver}://{s.postgres_user}:{s.postgres_password}"
+            f"@{self.host}:{self.settings.postgres_port}/{database}"
+        )
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.host}:{self.settings.s3_port}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{self.host}:{self.settings.mlflow_port}"
+
+    def service_url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    def client_env(self) -> dict[str, str]:
+        """What a client of the stack (a notebook, a test, a service) needs, as env variables."""
+        st = self.settings
+        return {
+            "S3_ENDPOINT_URL": self.s3_endpoint,
+            "S3_ACCESS_KEY_ID": self.secrets.s3_access_key,
+            "S3_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
+            "AWS_ACCESS_KEY_ID": self.secrets.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "PLATFORM_DB_URL": self.db_url("platform"),
+            "TRAINER_URL": self.service_url(st.trainer_port),
+            "GATEWAY_URL": self.service_url(st.gateway_port),
+            "INFERENCE_URL": self.service_url(st.inference_port),
+            "REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
+        }
+
+    def _service_env(self) -> dict[str, str]:
+        env = self.client_env()
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # ---- components ----------------------------------------------------------------------
+    def components(self) -> list[Component]:
+        return [
+            self.postgres(),
+            self.redis(),
+            self.s3(),
+            self.mlflow(),
+            self.gateway(),
+            self.trainer_api(),
+            self.trainer_worker(),
+            self.inference(),
+        ]
+
+    def postgres(self) -> Component:
+        st = self.settings
+        bindir = binaries.postgres_bin_dir(st.postgres_bin_dir)
+        data = self.paths.data("postgres")
+        sockets = self.paths.run / "pg"
+        user = binaries.unprivileged_user()
+
+        def prepare() -> None:
+            sockets.mkdir(parents=True, exist_ok=True)
+            if (data / "PG_VERSION").exists():
+                if user:
+                    _chown_tree(sockets, user)
+                return
+            data.mkdir(parents=True, exist_ok=True)
+            pwfile = self.paths.run / "pg.pw"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.secrets.postgres_password)
+            if user:
+                for path in (data, sockets, pwfile):
+                    _chown_tree(path, user)
+            try:
+                subprocess.run(
+                    [
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(data),
+                        "--username",
+                        self.secrets.postgres_user,
+                        "--pwfile",
+                        str(pwfile),
+                        "--auth",
+                        "scram-sha-256",
+                        "--encoding",
+                        "UTF8",
+                        "--no-instructions",
+                    ],
+                    check=True,
+                    capture_output=True,
+                    user=user.pw_uid if user else None,
+                    group=user.pw_gid if user else None,
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
+
+        def healthy() -> bool:
+            import psycopg2
+
+            try:
+                psycopg2.connect(
+                    self.db_url("postgres").replace("+psycopg2", ""), connect_timeout=2
+                ).close()
+            except psycopg2.Error:
+                return False
+            return True
+
+        def create_databases() -> None:
+            import psycopg2
+
+            conn = psycopg2.connect(self.db_url("postgres").replace("+psycopg2", ""))
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for name in PLATFORM_DATABASES:
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                    if cur.fetchone() is None:
+                        cur.execute(f'CREATE DATABASE "{name}"')
+            conn.close()
+
+        return Component(
+            name="postgres",
+            url=f"postgresql://{self.host}:{st.postgres_port}",
+            ports=(st.postgres_port,),
+            command=lambda: [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(st.postgres_port),
+                "-c",
+                f"listen_addresses={self.host}",
+                "-c",
+                f"unix_socket_directories={sockets}",
+                "-c",
+                "max_connections=200",
+            ],
+            healthy=healthy,
+            prepare=prepare,
+            after_healthy=create_databases,
+            user=user,
+        )
+
+    def redis(self) -> Component:
+        st = self.settings
+        data = self.paths.data("redis")
+        return Component(
+            name="redis",
+            url=f"redis://{self.host}:{st.redis_port}",
+            ports=(st.redis_port,),
+            command=lambda: [
+                binaries.redis_server(st.redis_bin),
+                "--bind",
+                self.host,
+                "--port",
+                str(st.redis_port),
+                "--dir",
+                str(data),
+                # The Celery queue lives here: an append-only file keeps queued jobs across restarts.
+                "--appendonly",
+                "yes",
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
+            ],
+            healthy=lambda: tcp_ping_redis(self.host, st.redis_port),
+            prepare=lambda: data.mkdir(parents=True, exist_ok=True),
+        )
+
+    def s3(self) -> Component:
+        st = self.settings
+        data = self.paths.data("s3")
+        minio = binaries.minio(st.minio_bin)
+        env = {
+            "AWS_ACCESS_KEY_ID": self.secrets.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
+            "MINIO_ROOT_USER": self.secrets.s3_access_key,
+            "MINIO_ROOT_PASSWORD": self.secrets.s3_secret_key,
+        }
+        if minio:
+            command = [
+                minio,
+                "server",
+                str(data),
+                "--address",
+                f"{self.host}:{st.s3_port}",
+                "--console-address",
+                f"{self.host}:{st.s3_console_port}",
+            ]
+        else:
+            # SeaweedFS keeps objects on disk across restarts; its admin UI stands in for the console.
+            p = st.s3_port
+            command = [
+                binaries.seaweedfs(),
+                "mini",
+                f"-dir={data}",
+                f"-ip={self.host}",
+                f"-ip.bind={self.host}",
+                f"-s3.port={p}",
+                f"-s3.port.grpc={p + 10000}",
+                f"-admin.port={st.s3_console_port}",
+                f"-admin.port.grpc={st.s3_console_port + 10000}",
+                "-admin.ui=true",
+                f"-admin.user={self.secrets.s3_access_key}",
+                f"-admin.password={self.secrets.s3_secret_key}",
+                "-master.port=9333",
+                "-master.port.grpc=19333",
+                "-volume.port=9340",
+                "-volume.port.grpc=19340",
+                "-filer.port=8888",
+                "-filer.port.grpc=18888",
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ]
+
+        def healthy() -> bool:
+            try:
+                self._s3_client().list_buckets()
+            except Exception:
+                return False
+            return True
+
+        def create_buckets() -> None:
+            client = self._s3_client()
+            existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            for bucket in BUCKETS:
+                if bucket not in existing:
+                    client.create_bucket(Bucket=bucket)
+
+        extra = () if minio else (9333, 9340, 8888)
+        return Component(
+            name="s3",
+            url=f"{self.s3_endpoint} (console http://{self.host}:{st.s3_console_port})",
+            ports=(st.s3_port, st.s3_console_port, *extra),
+            command=lambda: command,
+            env=env,
+            healthy=healthy,
+            prepare=lambda: data.mkdir(parents=True, exist_ok=True),
+            after_healthy=create_buckets,
+            start_timeout_s=60,
+        )
+
+    def _s3_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=self.secrets.s3_access_key,
+            aws_secret_access_key=self.secrets.s3_secret_key,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
+        )
+
+    def mlflow(self) -> Component:
+        st = self.settings
+        env = {
+            **self._service_env(),
+            # Passed by environment so the database password never shows in `ps`.
+            "MLFLOW_BACKEND_STORE_URI": self.db_url("mlflow_db"),
+            "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow",
+            # Otherwise MLflow 3 starts a job runner of several processes (about 3 GB).
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+        return Component(
+            name="mlflow",
+            url=self.mlflow_uri,
+            ports=(st.mlflow_port,),
+            command=lambda: [
+                binaries.venv_bin("mlflow"),
+                "server",
+                "--host",
+                self.host,
+                "--port",
+                str(st.mlflow_port),
+                "--workers",
+                "2",
+            ],
+            env=env,
+            healthy=http_ok(f"{self.mlflow_uri}/health"),
+            start_timeout_s=150,
+        )
+
+    def gateway(self) -> Component:
+        st = self.settings
+        url = self.service_url(st.gateway_port)
+        return Component(
+            name="model-gateway",
+            url=url,
+            ports=(st.gateway_port,),
+            command=lambda: [binaries.venv_bin("model-gateway")],
+            env={
+                **self._service_env(),
+                "GATEWAY_PORT": str(st.gateway_port),
+                "GATEWAY_HOST": self.host,
+                "REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
+            },
+            healthy=http_ok(f"{url}/health"),
+        )
+
+    def _trainer_env(self) -> dict[str, str]:
+        st = self.settings
+        return {
+            **self._service_env(),
+            "TRAINER_PORT": str(st.trainer_port),
+            "TRAINER_HOST": self.host,
+            "TRAINER_BROKER_URL": f"redis://{self.host}:{st.redis_port}/0",
+            "TRAINER_GATEWAY_URL": self.service_url(st.gateway_port),
+        }
+
+    def trainer_api(self) -> Component:
+        st = self.settings
+        url = self.service_url(st.trainer_port)
+        return Component(
+            name="trainer",
+            url=url,
+            ports=(st.trainer_port,),
+            command=lambda: [binaries.venv_bin("trainer-api")],
+            env=self._trainer_env(),
+            healthy=http_ok(f"{url}/health"),
+        )
+
+    def trainer_worker(self) -> Component:
+        st = self.settings
+        url = self.service_url(st.trainer_port)
+
+        def healthy() -> bool:
+            try:
+                body = httpx.get(f"{url}/health", timeout=5.0).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            return bool(body.get("workers"))
+
+        return Component(
+            name="trainer-worker",
+            url="celery worker on redis",
+            ports=(),
+            command=lambda: [
+                binaries.venv_bin("celery"),
+                "--app",
+                "trainer.worker:celery_app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(st.trainer_workers),
+                "--hostname",
+                "trainer@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=self._trainer_env(),
+            healthy=healthy,
+            kind="worker",
+        )
+
+    def inference(self) -> Component:
+        st = self.settings
+        url = self.service_url(st.inference_port)
+        return Component(
+            name="inference",
+            url=url,
+            ports=(st.inference_port,),
+            command=lambda: [binaries.venv_bin("inference")],
+            env={
+                **self._service_env(),
+                "INFERENCE_PORT": str(st.inference_port),
+                "INFERENCE_HOST": self.host,
+                "INFERENCE_MODEL_NAME": st.demo_model,
+                "INFERENCE_GATEWAY_URL": self.service_url(st.gateway_port),
+                "INFERENCE_CACHE_DIR": str(self.paths.data("inference-cache")),
+            },
+            # Up means answering; serving (200) needs a model, which the demo training provides.
+            healthy=http_ok(f"{url}/health", accept=(200, 503)),
+        )
+
+
+def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:
+    os.chown(path, user.pw_uid, user.pw_gid)
+    if path.is_dir():
+        for child in path.rglob("*"):
+            os.chown(child, user.pw_uid, user.pw_gid, follow_symlinks=False)

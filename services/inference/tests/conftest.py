@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi import FastAPI
-from mlops_common.http import make_async_client
-from mlops_common.settings import S3Settings
-from mlops_common.storage import S3Uri
-
 from inference.app import create_app
 from inference.gateway import GatewayClient
 from inference.manager import ModelManager
 from inference.settings import InferenceSettings
+from mlops_common.http import make_async_client
+from mlops_common.settings import S3Settings
+from mlops_common.storage import S3Uri
+from pydantic import SecretStr
 
 BUCKET = "mlflow"
 CATEGORICAL = ["city", "plan"]
@@ -111,7 +111,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     frame, labels = churn_frame(120, seed=1)
     numeric, flags = ["age", "income", "visits"], ["member"]
     v1 = _pipeline(LogisticRegression(max_iter=500), numeric, CATEGORICAL, flags).fit(frame, labels)
-    v2 = _pipeline(RandomForestClassifier(n_estimators=10, random_state=0), numeric, CATEGORICAL, flags)
+    v2 = _pipeline(
+        RandomForestClassifier(n_estimators=10, random_state=0), numeric, CATEGORICAL, flags
+    )
     v2.fit(frame, labels)
     reg_frame = frame.drop(columns=["plan"])
     reg_target = (frame["income"] / 1000).to_numpy()
@@ -265,7 +267,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> InferenceSettings:
     values: dict[str, Any] = {
         "model_name": "churn",
         "cache_dir": tmp_path / "cache",
-        "s3": S3Settings(access_key_id="test", secret_access_key="test-secret"),
+        "s3": S3Settings(access_key_id="test", secret_access_key=SecretStr("test-secret")),
         "max_batch_rows": 50,
     }
     values.update(overrides)

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_openapi_and_docs(service) -> None:
+async def test_openapi_and_docs(service: Any) -> None:
     async with service() as svc:
         spec = (await svc.client.get("/openapi.json")).json()
         docs = await svc.client.get("/docs")
@@ -18,7 +19,7 @@ async def test_openapi_and_docs(service) -> None:
     assert docs.status_code == 200
 
 
-async def test_unknown_route_is_a_json_404(service) -> None:
+async def test_unknown_route_is_a_json_404(service: Any) -> None:
     async with service() as svc:
         response = await svc.client.get("/nope")
     assert response.status_code == 404

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -9,20 +11,21 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from mlops_common.http import make_async_client
-
 from inference.app import create_app
 from inference.gateway import GatewayClient
 from inference.manager import ModelManager
 from inference.model import ModelVersion, Prediction
 from inference.validation import InputColumn, InputSchema
+from mlops_common.http import make_async_client
 
 pytestmark = pytest.mark.anyio
 
 ROW = {"age": 40.0, "income": 52000.5, "visits": 3, "city": "lyon", "plan": "pro", "member": True}
 
 
-async def test_health_is_503_until_the_alias_exists_then_200(service, gateway, caplog) -> None:
+async def test_health_is_503_until_the_alias_exists_then_200(
+    service: Any, gateway: Any, caplog: Any
+) -> None:
     caplog.set_level(logging.INFO, logger="inference")
     async with service() as svc:
         for _ in range(3):
@@ -53,7 +56,7 @@ async def test_health_is_503_until_the_alias_exists_then_200(service, gateway, c
     }
 
 
-async def test_model_info(service, gateway) -> None:
+async def test_model_info(service: Any, gateway: Any) -> None:
     gateway.set_alias("churn", 1)
     before = datetime.now(UTC)
     async with service() as svc:
@@ -77,7 +80,9 @@ async def test_model_info(service, gateway) -> None:
     assert loaded_at >= before
 
 
-async def test_alias_move_swaps_in_the_new_version(service, gateway, store, tmp_path) -> None:
+async def test_alias_move_swaps_in_the_new_version(
+    service: Any, gateway: Any, store: Any, tmp_path: Any
+) -> None:
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
@@ -99,7 +104,9 @@ async def test_alias_move_swaps_in_the_new_version(service, gateway, store, tmp_
     assert len(store.downloads) == 2
 
 
-async def test_broken_version_keeps_the_old_one_serving(service, gateway, store, clock) -> None:
+async def test_broken_version_keeps_the_old_one_serving(
+    service: Any, gateway: Any, store: Any, clock: Any
+) -> None:
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
@@ -117,6 +124,14 @@ async def test_broken_version_keeps_the_old_one_serving(service, gateway, store,
         await svc.manager.poll_once()
         assert store.downloads.count("s3://mlflow/models/churn-broken/artifacts") == 2
 
+        # Removing the alias makes the old failure irrelevant.
+        gateway.aliases.clear()
+        await svc.manager.poll_once()
+        removed = (await svc.client.get("/health")).json()
+        gateway.set_alias("churn", 3)
+        clock.now += 3600
+        await svc.manager.poll_once()
+
         # Rolling the alias back clears the error.
         gateway.set_alias("churn", 1)
         await svc.manager.poll_once()
@@ -128,11 +143,15 @@ async def test_broken_version_keeps_the_old_one_serving(service, gateway, store,
     assert "churn version 3" in health["last_error"]
     assert "model.pkl" in health["last_error"]
     assert served["model"]["version"] == 1
+    assert removed["status"] == "ok"
+    assert removed["last_error"] is None
+    assert removed["pending_version"] is None
+    assert "waiting for churn@champion" in removed["message"]
     assert healed["last_error"] is None
     assert healed["pending_version"] is None
 
 
-async def test_broken_first_version_is_unavailable(service, gateway, caplog) -> None:
+async def test_broken_first_version_is_unavailable(service: Any, gateway: Any, caplog: Any) -> None:
     gateway.set_alias("churn", 3)
     async with service() as svc:
         await svc.manager.poll_once()
@@ -146,7 +165,7 @@ async def test_broken_first_version_is_unavailable(service, gateway, caplog) -> 
     assert errors and "churn version 3" in errors[0].getMessage()
 
 
-async def test_missing_artifacts_are_a_load_error(service, gateway) -> None:
+async def test_missing_artifacts_are_a_load_error(service: Any, gateway: Any) -> None:
     gateway.set_alias("ghost", 1)
     async with service("ghost") as svc:
         await svc.manager.poll_once()
@@ -154,7 +173,7 @@ async def test_missing_artifacts_are_a_load_error(service, gateway) -> None:
     assert "no artifacts under s3://mlflow/models/missing/artifacts" in body["last_error"]
 
 
-async def test_gateway_failure_is_reported_and_cleared(service, gateway) -> None:
+async def test_gateway_failure_is_reported_and_cleared(service: Any, gateway: Any) -> None:
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
@@ -169,7 +188,7 @@ async def test_gateway_failure_is_reported_and_cleared(service, gateway) -> None
     assert recovered["last_error"] is None
 
 
-async def test_a_restart_reuses_the_downloaded_copy(service, gateway, store) -> None:
+async def test_a_restart_reuses_the_downloaded_copy(service: Any, gateway: Any, store: Any) -> None:
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
@@ -178,7 +197,9 @@ async def test_a_restart_reuses_the_downloaded_copy(service, gateway, store) -> 
     assert len(store.downloads) == 1
 
 
-async def test_background_polling_loads_the_model(settings_for, gateway, store) -> None:
+async def test_background_polling_loads_the_model(
+    settings_for: Any, gateway: Any, store: Any
+) -> None:
     gateway.set_alias("churn", 1)
     settings = settings_for(poll_interval_s=0.05)
     app = create_app(settings, gateway_transport=httpx.MockTransport(gateway.handler), store=store)
@@ -189,15 +210,24 @@ async def test_background_polling_loads_the_model(settings_for, gateway, store) 
     ):
         first = await client.get("/health")  # the app answers before the model is there
         assert first.status_code in (200, 503)
-        status = first.status_code
-        with anyio.fail_after(15):
-            while status != 200:
-                await anyio.sleep(0.05)
-                status = (await client.get("/health")).status_code
+
+        async def serving(version: int) -> bool:
+            response = await client.get("/health")
+            return response.status_code == 200 and response.json()["model"]["version"] == version
+
+        await _eventually(lambda: serving(1))
         gateway.set_alias("churn", 2)
-        with anyio.fail_after(15):
-            while (await client.get("/health")).json()["model"]["version"] != 2:
-                await anyio.sleep(0.05)
+        await _eventually(lambda: serving(2))
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
+    """Poll a condition with a deadline (readiness, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await anyio.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 class _StubModel:
@@ -232,7 +262,7 @@ def _stub_loader(local_dir: Path, meta: ModelVersion) -> _StubModel:
 
 
 async def test_prediction_runs_off_the_event_loop_and_model_errors_are_422(
-    settings_for, gateway, store, clock
+    settings_for: Any, gateway: Any, store: Any, clock: Any
 ) -> None:
     gateway.set_alias("churn", 1)
     settings = settings_for()

@@ -10,7 +10,9 @@ pytestmark = pytest.mark.anyio
 FEATURES = ["age", "income", "visits", "city", "plan", "member"]
 
 
-async def test_dict_rows_match_the_pipeline(service, gateway, artifacts, to_rows) -> None:
+async def test_dict_rows_match_the_pipeline(
+    service: Any, gateway: Any, artifacts: Any, to_rows: Any
+) -> None:
     frame = artifacts.frames["churn"].iloc[:25]
     rows = to_rows(frame)
     # Gaps and a category never seen in training: the pipeline imputes and ignores.
@@ -38,7 +40,7 @@ async def test_dict_rows_match_the_pipeline(service, gateway, artifacts, to_rows
 
 
 async def test_list_rows_in_signature_order_give_the_same_answer(
-    service, gateway, artifacts, to_rows
+    service: Any, gateway: Any, artifacts: Any, to_rows: Any
 ) -> None:
     rows = to_rows(artifacts.frames["churn"].iloc[:10])
     as_lists = [[row[name] for name in FEATURES] for row in rows]
@@ -51,7 +53,9 @@ async def test_list_rows_in_signature_order_give_the_same_answer(
     assert by_list.json() == by_dict
 
 
-async def test_regressor_has_no_probabilities(service, gateway, artifacts, to_rows) -> None:
+async def test_regressor_has_no_probabilities(
+    service: Any, gateway: Any, artifacts: Any, to_rows: Any
+) -> None:
     frame = artifacts.frames["prices"].iloc[:8]
     gateway.set_alias("prices", 1)
     async with service("prices") as svc:
@@ -67,7 +71,7 @@ async def test_regressor_has_no_probabilities(service, gateway, artifacts, to_ro
 
 
 async def test_model_without_signature_takes_objects_as_they_come(
-    service, gateway, artifacts, to_rows
+    service: Any, gateway: Any, artifacts: Any, to_rows: Any
 ) -> None:
     frame = artifacts.frames["churn"].iloc[:5]
     gateway.set_alias("bare", 1)
@@ -151,12 +155,23 @@ BAD_INPUTS: list[tuple[str, Any, str, str]] = [
         "expected an object like instances[0] (all instances must be the same kind), got a list",
     ),
     (
+        "list then object",
+        {"instances": [list(GOOD.values()), GOOD]},
+        "instances[1]",
+        "expected a list like instances[0] (all instances must be the same kind), got an object",
+    ),
+    (
         "row that is neither object nor list",
         {"instances": [3]},
         "instances[0]",
         "expected an object {feature: value} or a list of values, got number 3",
     ),
-    ("instances not a list", {"instances": {"age": 3}}, "instances", "Input should be a valid list"),
+    (
+        "instances not a list",
+        {"instances": {"age": 3}},
+        "instances",
+        "Input should be a valid list",
+    ),
     ("no instances", {"rows": []}, "instances", "Field required"),
     ("body not an object", [GOOD], "body", "valid dictionary"),
 ]
@@ -168,7 +183,7 @@ BAD_INPUTS: list[tuple[str, Any, str, str]] = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 async def test_bad_input_is_a_422_naming_the_field(
-    service, gateway, body: Any, field: str, message: str
+    service: Any, gateway: Any, body: Any, field: str, message: str
 ) -> None:
     gateway.set_alias("churn", 1)
     async with service() as svc:
@@ -180,7 +195,7 @@ async def test_bad_input_is_a_422_naming_the_field(
     assert message in error["message"]
 
 
-async def test_malformed_json_is_a_422_naming_the_body(service, gateway) -> None:
+async def test_malformed_json_is_a_422_naming_the_body(service: Any, gateway: Any) -> None:
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
@@ -189,7 +204,7 @@ async def test_malformed_json_is_a_422_naming_the_body(service, gateway) -> None
     assert response.json()["error"]["field"] == "body"
 
 
-async def test_many_bad_values_are_reported_together(service, gateway) -> None:
+async def test_many_bad_values_are_reported_together(service: Any, gateway: Any) -> None:
     rows = [dict(GOOD, age="x") for _ in range(30)]
     gateway.set_alias("churn", 1)
     async with service() as svc:
@@ -203,7 +218,7 @@ async def test_many_bad_values_are_reported_together(service, gateway) -> None:
     assert error["details"]["errors"][1]["field"] == "instances[1].age"
 
 
-async def test_too_many_rows_is_refused_naming_instances(service, gateway) -> None:
+async def test_too_many_rows_is_refused_naming_instances(service: Any, gateway: Any) -> None:
     gateway.set_alias("churn", 1)
     async with service(max_batch_rows=3) as svc:
         await svc.manager.poll_once()
@@ -212,7 +227,7 @@ async def test_too_many_rows_is_refused_naming_instances(service, gateway) -> No
     assert response.json()["error"]["field"] == "instances"
 
 
-async def test_predict_and_model_info_are_503_before_a_model_is_loaded(service) -> None:
+async def test_predict_and_model_info_are_503_before_a_model_is_loaded(service: Any) -> None:
     async with service() as svc:
         response = await svc.post_json("/predict", {"instances": _rows(1)})
         info = await svc.client.get("/model-info")

@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlops_common.errors import Unprocessable
-
 from inference.settings import InferenceSettings
 from inference.validation import InputColumn, InputSchema, build_frame
+from mlops_common.errors import Unprocessable
 
 SCHEMA = InputSchema(
     (
@@ -96,8 +95,7 @@ def test_long_signatures_are_abbreviated_in_length_errors() -> None:
     schema = InputSchema(tuple(InputColumn(f"f{i}", "double") for i in range(12)))
     error = _error([[1.0] * 11], schema)
     assert error.message == (
-        "expected 12 values in signature order "
-        "(f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, …), got 11"
+        "expected 12 values in signature order (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, …), got 11"
     )
 
 
@@ -114,10 +112,10 @@ def test_cache_dir_is_absolute_whatever_the_cwd(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("INFERENCE_CACHE_DIR", "relative/cache")
     monkeypatch.setenv("S3_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "test-secret")
-    settings = InferenceSettings()  # type: ignore[call-arg]
+    settings = InferenceSettings()  # type: ignore[call-arg, unused-ignore]
     assert settings.cache_dir.is_absolute()
     assert settings.cache_dir == Path.cwd() / "relative" / "cache"
     assert settings.port == 8800
     assert settings.model_alias == "champion"
     monkeypatch.delenv("INFERENCE_CACHE_DIR")
-    assert InferenceSettings().cache_dir.is_absolute()  # type: ignore[call-arg]
+    assert InferenceSettings().cache_dir.is_absolute()  # type: ignore[call-arg, unused-ignore]

@@ -96,7 +96,7 @@ def test_broker_down_leaves_no_job_behind(
     response = client.post("/v1/train", json=IRIS)
     assert response.status_code == 503
     assert response.headers["retry-after"]
-    assert store.list(None, None, 10) == []
+    assert store.recent(None, None, 10) == []
 
 
 def test_health_reports_database_broker_and_workers(client: TestClient, queue: FakeQueue) -> None:

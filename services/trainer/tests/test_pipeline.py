@@ -58,3 +58,14 @@ def test_digest_depends_on_content_not_on_index() -> None:
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
     assert frame_digest(frame) == frame_digest(frame.set_axis([10, 11]))
     assert frame_digest(frame) != frame_digest(frame.assign(a=[1, 3]))
+
+
+def test_none_and_nan_are_the_same_missing_category() -> None:
+    features, target = mixed_frame()
+    features = normalise_categoricals(features)
+    model = build_pipeline(features, LogisticRegression(max_iter=500)).fit(features, target)
+    rows = pd.DataFrame(
+        {"age": [40.0, 50.0], "city": [None, None], "plan": [None, "pro"]}, dtype=object
+    )
+    as_nan = rows.astype({"age": float}).where(rows.notna(), np.nan)
+    np.testing.assert_array_equal(model.predict_proba(rows), model.predict_proba(as_nan))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, MetaData, create_engine
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def migrate(url: str, migrations_dir: Path, version_table: str) -> None:
     command.upgrade(cfg, "head")
 
 
-def run_migrations_online(target_metadata: object) -> None:
+def run_migrations_online(target_metadata: MetaData) -> None:
     """Body of every service's alembic ``env.py``: URL and version table come from ``migrate``."""
     from alembic import context
     from sqlalchemy import pool

@@ -7,12 +7,25 @@ so one ``mlops env`` configures every service the same way.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from collections.abc import Callable
+from typing import Literal, Self, TypeVar
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["dev", "test", "prod"]
+
+T = TypeVar("T", bound=BaseSettings)
+
+
+def from_env(cls: type[T]) -> Callable[[], T]:
+    """``default_factory`` for a nested settings class whose required fields come from the env."""
+
+    def build() -> T:
+        return cls()
+
+    return build
+
 
 # Values that are fine on a laptop and dangerous anywhere else.
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "minioadmin", ""})

@@ -5,8 +5,8 @@ from __future__ import annotations
 from mlops_common.errors import PlatformError
 
 
-# unused-ignore: mlops_common has no py.typed yet, so mypy sees PlatformError as Any.
-class PayloadTooLarge(PlatformError):  # type: ignore[misc, unused-ignore]
+# mlops_common has no py.typed: unless mypy_path includes it, PlatformError is Any to mypy.
+class PayloadTooLarge(PlatformError):
     status_code = 413
     code = "payload_too_large"
 

@@ -15,7 +15,7 @@ from inference.settings import InferenceSettings
 def run() -> None:
     try:
         # Required fields come from the environment, which mypy cannot see.
-        settings = InferenceSettings()  # type: ignore[call-arg, unused-ignore]
+        settings = InferenceSettings()  # type: ignore[call-arg]  # model_name comes from the env
     except ValidationError as exc:
         sys.exit(f"inference: invalid settings (INFERENCE_*, S3_* variables):\n{exc}")
     configure_logging("inference", settings.log_level, settings.log_json)

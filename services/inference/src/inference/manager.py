@@ -178,6 +178,9 @@ class ModelManager:
                     f"; still serving version {still.meta.version}" if still else "",
                 )
             self._waiting = f"waiting for {self.model_name}@{self.alias}: {answer.message}"
+            # A failure of the version the alias used to name is no longer relevant.
+            self._pending_version = None
+            self._load_error = None
             return None
         self._waiting = None
         return answer
@@ -231,13 +234,15 @@ class ModelManager:
             if self._current is not None
             else "no model is served"
         )
+        # Our own messages are complete unless they wrap an underlying exception.
+        wants_trace = exc.__cause__ is not None or not isinstance(exc, ModelLoadError)
         log.error(
             "%s (attempt %d; %s; next attempt in %.0fs)",
             self._load_error,
             failure.attempts,
             serving,
             delay,
-            exc_info=not isinstance(exc, ModelLoadError),
+            exc_info=exc if wants_trace else None,
         )
 
     # ---- blocking work, run in a thread --------------------------------------------------------

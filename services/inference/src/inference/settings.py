@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mlops_common.settings import S3Settings, ServiceSettings
+from mlops_common.settings import S3Settings, ServiceSettings, from_env
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -22,8 +22,7 @@ def default_cache_dir() -> Path:
         return Path(tempfile.gettempdir()) / "mlops-inference"
 
 
-# unused-ignore: mlops_common has no py.typed yet, so mypy sees ServiceSettings as Any.
-class InferenceSettings(ServiceSettings):  # type: ignore[misc, unused-ignore]
+class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
 
     port: int = 8800
@@ -32,8 +31,7 @@ class InferenceSettings(ServiceSettings):  # type: ignore[misc, unused-ignore]
     gateway_url: str = "http://127.0.0.1:8820"
     poll_interval_s: float = Field(default=2.0, gt=0)
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    # S3Settings() reads its required fields from S3_* variables, which mypy cannot know.
-    s3: S3Settings = Field(default_factory=S3Settings)  # type: ignore[arg-type, unused-ignore]
+    s3: S3Settings = Field(default_factory=from_env(S3Settings))
     max_batch_rows: int = Field(default=10_000, ge=1)
 
     @field_validator("cache_dir")

@@ -126,9 +126,10 @@ def _row_kind(instances: Sequence[Any]) -> Literal["object", "list"]:
     for i, row in enumerate(instances):
         if not isinstance(row, expected):
             got = "a list" if isinstance(row, list) else _describe(row)
+            article = "an" if kind == "object" else "a"
             raise Unprocessable(
-                f"expected an {kind} like instances[0] (all instances must be the same kind), "
-                f"got {got}",
+                f"expected {article} {kind} like instances[0] (all instances must be the same "
+                f"kind), got {got}",
                 field=f"instances[{i}]",
             )
     return kind

@@ -10,6 +10,7 @@ from mlops_common.settings import (
     MLflowSettings,
     S3Settings,
     ServiceSettings,
+    from_env,
     refuse_placeholder_secrets,
 )
 from pydantic import Field, field_validator, model_validator
@@ -19,16 +20,14 @@ from sqlalchemy.exc import ArgumentError
 
 
 # mlops_common ships no py.typed marker, so mypy may see ServiceSettings as Any.
-class GatewaySettings(ServiceSettings):  # type: ignore[misc, unused-ignore]
+class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     port: int = 8820
     mlflow: MLflowSettings = Field(default_factory=MLflowSettings)
     # S3 and database settings have required fields, which pydantic's Field stubs reject here.
-    s3: S3Settings = Field(default_factory=S3Settings)  # type: ignore[arg-type,unused-ignore]
-    db: DatabaseSettings = Field(
-        default_factory=DatabaseSettings  # type: ignore[arg-type,unused-ignore]
-    )
+    s3: S3Settings = Field(default_factory=from_env(S3Settings))
+    db: DatabaseSettings = Field(default_factory=from_env(DatabaseSettings))
 
     artifacts_destination: str = Field(
         default="s3://mlflow",

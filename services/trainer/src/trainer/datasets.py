@@ -64,7 +64,7 @@ def frame_digest(frame: pd.DataFrame) -> str:
 
 def load_builtin(name: str) -> LoadedDataset:
     features, target = BUILTIN_DATASETS[name]()
-    whole = features.assign(**{target.name: target})
+    whole = features.assign(**{str(target.name): target})
     return LoadedDataset(features, target, f"sklearn:{name}", frame_digest(whole))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from mlops_common.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from mlops_common.storage import ObjectStore
@@ -11,7 +12,7 @@ from trainer.algorithms import ALGORITHMS, Task
 from trainer.datasets import BUILTIN_TASKS, check_target
 from trainer.jobs import IdempotencyConflict, Job, JobStore
 from trainer.queue import JobQueue
-from trainer.schemas import JobView, TrainRequest
+from trainer.schemas import JobStatus, JobView, TrainRequest
 from trainer.training import resolve_algorithm
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def job_view(job: Job) -> JobView:
     return JobView(
         job_id=job.id,
-        status=job.status,  # type: ignore[arg-type]
+        status=cast(JobStatus, job.status),
         model_name=job.model_name,
         attempts=job.attempts,
         run_id=job.run_id,
@@ -101,4 +102,4 @@ class JobsHandler:
         return job_view(job)
 
     def list(self, model_name: str | None, status: str | None, limit: int) -> list[JobView]:
-        return [job_view(j) for j in self.store.list(model_name, status, limit)]
+        return [job_view(j) for j in self.store.recent(model_name, status, limit)]

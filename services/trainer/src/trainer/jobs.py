@@ -144,7 +144,7 @@ class JobStore:
             session.execute(delete(Job).where(Job.id == job_id))
             session.commit()
 
-    def list(self, model_name: str | None, status: str | None, limit: int) -> list[Job]:
+    def recent(self, model_name: str | None, status: str | None, limit: int) -> list[Job]:
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if model_name:
             query = query.where(Job.model_name == model_name)

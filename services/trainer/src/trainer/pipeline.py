@@ -27,6 +27,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from trainer.algorithms import Task
 
+MISSING = "__missing__"
+
 # An integer target with at most this many distinct values is taken as class labels.
 MAX_CLASSES_FOR_INTEGER_TARGET = 20
 
@@ -74,8 +76,15 @@ def build_pipeline(features: pd.DataFrame, estimator: BaseEstimator) -> Pipeline
                 "categorical",
                 Pipeline(
                     [
-                        # Strings and missing values alike become one category each.
-                        ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                        # Missing is NaN from pandas and None from JSON rows: both become one
+                        # category, so the model answers the same whichever way a client sends it.
+                        ("impute_nan", SimpleImputer(strategy="constant", fill_value=MISSING)),
+                        (
+                            "impute_none",
+                            SimpleImputer(
+                                missing_values=None, strategy="constant", fill_value=MISSING
+                            ),
+                        ),
                         ("encode", OneHotEncoder(handle_unknown="ignore", min_frequency=1)),
                     ]
                 ),
@@ -88,12 +97,12 @@ def build_pipeline(features: pd.DataFrame, estimator: BaseEstimator) -> Pipeline
 
 
 def normalise_categoricals(features: pd.DataFrame) -> pd.DataFrame:
-    """Categorical columns as object dtype with None for missing, the same as JSON rows give."""
+    """Categorical columns as object dtype holding strings, with NaN for missing values."""
     _, categorical = split_columns(features)
     out = features.copy()
     for column in categorical:
-        out[column] = out[column].astype(object).where(out[column].notna(), None)
-        out[column] = out[column].map(lambda v: v if v is None else str(v))
+        values = out[column].astype(object)
+        out[column] = values.where(values.isna(), values.astype(str)).where(values.notna(), np.nan)
     return out
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from mlops_common.settings import DatabaseSettings, MLflowSettings, S3Settings, ServiceSettings
+from mlops_common.settings import (
+    DatabaseSettings,
+    MLflowSettings,
+    S3Settings,
+    ServiceSettings,
+    from_env,
+)
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -21,6 +27,6 @@ class TrainerSettings(ServiceSettings):
     heartbeat_interval_s: float = 10.0
     job_time_limit_s: int = 3600
     max_dataset_rows: int = 5_000_000
-    mlflow: MLflowSettings = Field(default_factory=MLflowSettings)
-    s3: S3Settings = Field(default_factory=S3Settings)
-    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    mlflow: MLflowSettings = Field(default_factory=from_env(MLflowSettings))
+    s3: S3Settings = Field(default_factory=from_env(S3Settings))
+    db: DatabaseSettings = Field(default_factory=from_env(DatabaseSettings))

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import mlflow
-import mlflow.data
 import mlflow.sklearn
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlops_common.errors import Unprocessable
@@ -138,11 +138,9 @@ class Trainer:
             mlflow.log_metrics(metrics)
             whole = data.features.assign(**{str(data.target.name): data.target})
             # Built-in sets have no resolvable URI; MLflow then records the code that made them.
-            source = data.source if data.source.startswith("s3://") else None
+            located = {"source": data.source} if data.source.startswith("s3://") else {}
             mlflow.log_input(
-                mlflow.data.from_pandas(
-                    whole, source=source, targets=str(data.target.name), name=data.source
-                ),
+                from_pandas(whole, targets=str(data.target.name), name=data.source, **located),
                 context="training",
             )
             signature = infer_signature(x_train, pipeline.predict(x_train.head(20)))

@@ -1,0 +1,168 @@
+"""One stack per test session, started the way `mlops up` starts it (or one already running).
+
+By default a fresh stack is started in a temporary state directory and stopped at the end.
+Set E2E_STACK=external to test a running stack (local or compose) instead; its URLs and S3
+credentials are then read from the environment (`eval "$(uv run mlops env)"` prints them).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from mlops_common.http import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class StackUrls:
+    env: dict[str, str]
+    home: Path | None
+
+    @property
+    def trainer(self) -> str:
+        return self.env["TRAINER_URL"]
+
+    @property
+    def gateway(self) -> str:
+        return self.env["GATEWAY_URL"]
+
+    @property
+    def inference(self) -> str:
+        return self.env["INFERENCE_URL"]
+
+    def s3(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.env["S3_ENDPOINT_URL"],
+            aws_access_key_id=self.env["S3_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["S3_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+
+
+def _mlops(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "mlops_stack.cli", "--home", str(home), *args]
+    # Progress goes straight to the terminal: starting the stack takes a minute or two.
+    return subprocess.run(
+        cmd, cwd=ROOT, check=check, text=True, stdout=None if args[0] == "up" else subprocess.PIPE
+    )
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackUrls]:
+    if os.environ.get("E2E_STACK") == "external":
+        yield StackUrls(dict(os.environ), None)
+        return
+    home = Path(tempfile.mkdtemp(prefix="mlops-e2e-"))
+    # PostgreSQL runs as an unprivileged user when we are root: it must reach its data dir.
+    home.chmod(0o755)
+    try:
+        _mlops(home, "up")
+        env = _parse_exports(_mlops(home, "env").stdout)
+        env["MLOPS_HOME"] = str(home)
+        yield StackUrls(env, home)
+    finally:
+        result = _mlops(home, "down", check=False)
+        print(result.stdout)
+        if os.environ.get("E2E_KEEP_STATE") != "1":
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_env(stack: StackUrls) -> Iterator[None]:
+    """Lets the test read registered models with MLflow's own client, as a user would."""
+    keys = (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    )
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: stack.env[k] for k in keys})
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30.0) as client:
+        yield client
+
+
+def wait_for_job(
+    http: httpx.Client, stack: StackUrls, job_id: str, timeout_s: float = 300
+) -> dict[str, Any]:
+    final: dict[str, Any] = {}
+
+    def done() -> bool:
+        final.update(http.get(f"{stack.trainer}/v1/jobs/{job_id}").json())
+        return final["status"] in ("succeeded", "failed")
+
+    assert wait_until(done, timeout_s, interval_s=0.5), f"job {job_id} still {final.get('status')}"
+    return final
+
+
+def train(
+    http: httpx.Client, stack: StackUrls, body: dict[str, Any], timeout_s: float = 300
+) -> dict[str, Any]:
+    response = http.post(f"{stack.trainer}/v1/train", json=body)
+    assert response.status_code in (200, 202), response.text
+    return wait_for_job(http, stack, response.json()["job_id"], timeout_s)
+
+
+@pytest.fixture(scope="session")
+def extra_inference(stack: StackUrls) -> Iterator[Any]:
+    """Starts another inference instance (one per model, as a team would) for a named model."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(model_name: str, port: int) -> str:
+        env = {
+            **os.environ,
+            **stack.env,
+            "INFERENCE_MODEL_NAME": model_name,
+            "INFERENCE_PORT": str(port),
+            "INFERENCE_GATEWAY_URL": stack.gateway,
+            "INFERENCE_POLL_INTERVAL_S": "1",
+            "INFERENCE_CACHE_DIR": tempfile.mkdtemp(prefix=f"inference-{model_name}-"),
+        }
+        log = open(Path(tempfile.gettempdir()) / f"e2e-inference-{port}.log", "wb")  # noqa: SIM115
+        executable = str(Path(sys.executable).parent / "inference")
+        procs.append(subprocess.Popen([executable], env=env, stdout=log, stderr=subprocess.STDOUT))
+        url = f"http://127.0.0.1:{port}"
+
+        def serving() -> bool:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+
+        assert wait_until(serving, 90), f"inference for {model_name} did not start; see {log.name}"
+        return url
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -73,7 +73,9 @@ def _parse_exports(text: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackUrls]:
     if os.environ.get("E2E_STACK") == "external":
-        yield StackUrls(dict(os.environ), None)
+        # With MLOPS_HOME set, the restart tests can reach that local stack's supervisor state.
+        home = os.environ.get("MLOPS_HOME")
+        yield StackUrls(dict(os.environ), Path(home) if home else None)
         return
     home = Path(tempfile.mkdtemp(prefix="mlops-e2e-"))
     # PostgreSQL runs as an unprivileged user when we are root: it must reach its data dir.

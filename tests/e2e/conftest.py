@@ -55,7 +55,6 @@ class StackUrls:
 
 def _mlops(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "mlops_stack.cli", "--home", str(home), *args]
-    # Progress goes straight to the terminal: starting the stack takes a minute or two.
     return subprocess.run(
         cmd, cwd=ROOT, check=check, text=True, stdout=None if args[0] == "up" else subprocess.PIPE
     )
@@ -71,7 +70,7 @@ def _parse_exports(text: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[StackUrls]:
+def stack(request: pytest.FixtureRequest) -> Iterator[StackUrls]:
     if os.environ.get("E2E_STACK") == "external":
         # With MLOPS_HOME set, the restart tests can reach that local stack's supervisor state.
         home = os.environ.get("MLOPS_HOME")
@@ -80,8 +79,12 @@ def stack() -> Iterator[StackUrls]:
     home = Path(tempfile.mkdtemp(prefix="mlops-e2e-"))
     # PostgreSQL runs as an unprivileged user when we are root: it must reach its data dir.
     home.chmod(0o755)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
     try:
-        _mlops(home, "up")
+        # Show `up`'s progress lines as they come: starting the stack takes about a minute.
+        with capture.global_and_fixture_disabled():
+            print()
+            _mlops(home, "up")
         env = _parse_exports(_mlops(home, "env").stdout)
         env["MLOPS_HOME"] = str(home)
         yield StackUrls(env, home)

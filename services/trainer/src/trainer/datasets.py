@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,36 +73,29 @@ def _is_parquet(uri: str) -> bool:
     return uri.lower().endswith((".parquet", ".pq"))
 
 
-class _S3RangeFile(io.RawIOBase):
-    """Seekable read-only view of an S3 object through range GETs (Parquet footers, CSV headers)."""
+HEADER_CHUNK = 64 * 1024
 
-    def __init__(self, store: ObjectStore, uri: S3Uri, size: int) -> None:
-        self.store, self.uri, self.size, self.pos = store, uri, size, 0
 
-    def readable(self) -> bool:
-        return True
+def _read_range(store: ObjectStore, uri: S3Uri, start: int, end: int) -> bytes:
+    response = store.client.get_object(Bucket=uri.bucket, Key=uri.key, Range=f"bytes={start}-{end}")
+    return response["Body"].read()
 
-    def seekable(self) -> bool:
-        return True
 
-    def tell(self) -> int:
-        return self.pos
+def _parquet_columns(store: ObjectStore, uri: S3Uri, size: int) -> list[str]:
+    # The schema is in the footer: its length sits in the 4 bytes before the closing magic.
+    tail = _read_range(store, uri, max(0, size - 8), size - 1)
+    if len(tail) != 8 or tail[4:] != b"PAR1":
+        raise ValueError("no Parquet footer")
+    footer_len = struct.unpack("<I", tail[:4])[0]
+    footer = _read_range(store, uri, max(0, size - footer_len - 8), size - 1)
+    return list(pq.read_schema(io.BytesIO(b"PAR1" + footer)).names)
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self.pos >= self.size:
-            return 0
-        end = min(self.size, self.pos + len(buffer)) - 1
-        data = self.store.client.get_object(
-            Bucket=self.uri.bucket, Key=self.uri.key, Range=f"bytes={self.pos}-{end}"
-        )["Body"].read()
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+def _csv_columns(store: ObjectStore, uri: S3Uri, size: int) -> list[str]:
+    head = b""
+    while b"\n" not in head and len(head) < size:
+        head += _read_range(store, uri, len(head), min(size, len(head) + HEADER_CHUNK) - 1)
+    return list(pd.read_csv(io.BytesIO(head.split(b"\n", 1)[0]), nrows=0).columns)
 
 
 def object_columns(store: ObjectStore, uri: str) -> list[str]:
@@ -113,11 +107,10 @@ def object_columns(store: ObjectStore, uri: str) -> list[str]:
         if is_not_found(exc):
             raise Unprocessable(f"no object at {uri}", field="dataset.uri") from exc
         raise
-    reader = io.BufferedReader(_S3RangeFile(store, location, size), buffer_size=64 * 1024)
     try:
         if _is_parquet(uri):
-            return list(pq.read_schema(reader).names)
-        return list(pd.read_csv(reader, nrows=0).columns)
+            return _parquet_columns(store, location, size)
+        return _csv_columns(store, location, size)
     except Exception as exc:
         kind = "Parquet" if _is_parquet(uri) else "CSV"
         raise Unprocessable(

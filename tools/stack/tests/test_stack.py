@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import shlex
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlops_stack.cli import Cli, main
+from mlops_stack.components import Stack
+from mlops_stack.config import Paths, StackSecrets, StackSettings, find_project_root
+from mlops_stack.state import ComponentState, StackState
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def test_secrets_are_generated_once_and_private(home: Path) -> None:
+    first = StackSecrets.load_or_create(home)
+    again = StackSecrets.load_or_create(home)
+    assert first == again
+    assert len(first.s3_secret_key) >= 30
+    assert (home / "secrets.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_relative_home_is_anchored_at_the_project_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    (project / "sub" / "deeper").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[tool.uv.workspace]\nmembers = []\n")
+    monkeypatch.chdir(project / "sub" / "deeper")
+    assert find_project_root() == project
+    assert StackSettings().resolved_home() == project / ".mlops"
+
+
+def test_env_prints_shell_exports_a_client_can_eval(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--home", str(home), "env"]) == 0
+    exported = {}
+    for line in capsys.readouterr().out.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        exported[key] = shlex.split(value)[0]
+    secrets = StackSecrets.load_or_create(home)
+    assert exported["S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert exported["S3_SECRET_ACCESS_KEY"] == secrets.s3_secret_key
+    assert exported["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5050"
+    assert exported["INFERENCE_URL"] == "http://127.0.0.1:8800"
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_taken_port_is_refused_naming_the_port_and_holder(home: Path, taken_port: int) -> None:
+    settings = StackSettings(home=home, redis_port=taken_port)
+    cli = Cli(settings)
+    stack = Stack(settings, StackSecrets.load_or_create(home), Paths(home))
+    busy = cli._busy_ports(stack)
+    assert len(busy) == 1
+    assert f"port {taken_port} (redis) is already in use" in busy[0]
+    assert "pid" in busy[0]
+
+
+def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
+    state = StackState(
+        supervisor_pid=42, components={"redis": ComponentState("redis", "redis://x")}
+    )
+    state.components["redis"].status = "healthy"
+    state.write(tmp_path / "state.json")
+    again = StackState.read(tmp_path / "state.json")
+    assert again is not None and again.components["redis"].status == "healthy"
+    assert StackState.read(tmp_path / "missing.json") is None
+
+
+def test_components_start_in_dependency_order(home: Path) -> None:
+    settings = StackSettings(home=home)
+    stack = Stack(settings, StackSecrets.load_or_create(home), Paths(home))
+    names = [c.name for c in stack.components()]
+    assert names.index("postgres") < names.index("mlflow") < names.index("model-gateway")
+    assert names.index("model-gateway") < names.index("trainer") < names.index("trainer-worker")
+    assert names[-1] == "inference"
+    mlflow = next(c for c in stack.components() if c.name == "mlflow")
+    # The database password reaches MLflow by environment, not on its command line.
+    assert StackSecrets.load_or_create(home).postgres_password not in " ".join(mlflow.command())

@@ -5,6 +5,7 @@ Order matters: each component starts only when the ones before it are healthy.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import socket
@@ -104,6 +105,15 @@ class Stack:
             "GATEWAY_URL": self.service_url(st.gateway_port),
             "INFERENCE_URL": self.service_url(st.inference_port),
             "REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
+            **(
+                {
+                    "AIRFLOW_URL": self.service_url(st.airflow_port),
+                    "AIRFLOW_USERNAME": self.secrets.airflow_username,
+                    "AIRFLOW_PASSWORD": self.secrets.airflow_password,
+                }
+                if st.with_airflow
+                else {}
+            ),
         }
 
     def _service_env(self) -> dict[str, str]:
@@ -122,6 +132,7 @@ class Stack:
             self.trainer_api(),
             self.trainer_worker(),
             self.inference(),
+            *(self.airflow() if self.settings.with_airflow else []),
         ]
 
     def postgres(self) -> Component:
@@ -451,6 +462,139 @@ class Stack:
             # Up means answering; serving (200) needs a model, which the demo training provides.
             healthy=http_ok(f"{url}/health", accept=(200, 503)),
         )
+
+    # ---- Airflow ---------------------------------------------------------------------------------
+    def airflow_env(self) -> dict[str, str]:
+        """Shared by every Airflow process: secrets come from the stack, not from Airflow's files."""
+        st, sec = self.settings, self.secrets
+        home = self.paths.data("airflow")
+        api = self.service_url(st.airflow_port)
+
+        def http_conn(port: int) -> str:
+            return json.dumps(
+                {"conn_type": "http", "host": self.host, "port": port, "schema": "http"}
+            )
+
+        return {
+            **self._service_env(),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(st.resolved_dags_folder()),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__FERNET_KEY": sec.airflow_fernet_key,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{sec.airflow_username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.db_url("airflow"),
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://{self.host}:{st.redis_port}/1",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.db_url("airflow", driver="postgresql"),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(st.airflow_worker_concurrency),
+            "AIRFLOW__API__HOST": self.host,
+            "AIRFLOW__API__PORT": str(st.airflow_port),
+            "AIRFLOW__API__BASE_URL": api,
+            "AIRFLOW__API__SECRET_KEY": sec.airflow_api_secret_key,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": sec.airflow_jwt_secret,
+            # New DAG files show up within seconds, not the default five minutes.
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(st.airflow_worker_log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(st.airflow_trigger_log_port),
+            "AIRFLOW_CONN_TRAINER_API": http_conn(st.trainer_port),
+            "AIRFLOW_CONN_MODEL_GATEWAY": http_conn(st.gateway_port),
+            "AIRFLOW_CONN_INFERENCE_API": http_conn(st.inference_port),
+            "AIRFLOW_CONN_S3_DATA": json.dumps(
+                {
+                    "conn_type": "generic",
+                    "login": sec.s3_access_key,
+                    "password": sec.s3_secret_key,
+                    "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
+                }
+            ),
+        }
+
+    def airflow_health(self, part: str) -> Callable[[], bool]:
+        url = f"{self.service_url(self.settings.airflow_port)}/api/v2/monitor/health"
+
+        def check() -> bool:
+            try:
+                body = httpx.get(url, timeout=3.0).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            return bool(body.get(part, {}).get("status") == "healthy")
+
+        return check
+
+    def airflow(self) -> list[Component]:
+        st = self.settings
+        env = self.airflow_env()
+        home = self.paths.data("airflow")
+        airflow = binaries.venv_bin("airflow")
+
+        def prepare() -> None:
+            home.mkdir(parents=True, exist_ok=True)
+            passwords = home / "passwords.json"
+            fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({self.secrets.airflow_username: self.secrets.airflow_password}, fh)
+            subprocess.run(
+                [airflow, "db", "migrate"],
+                env={**os.environ, **env},
+                check=True,
+                capture_output=True,
+                cwd=home,
+            )
+
+        def component(
+            name: str, args: list[str], health: Callable[[], bool], **kw: Any
+        ) -> Component:
+            return Component(
+                name=name,
+                url=kw.pop("url", "-"),
+                ports=kw.pop("ports", ()),
+                command=lambda: [airflow, *args],
+                env=env,
+                healthy=health,
+                kind="airflow",
+                **kw,
+            )
+
+        api = self.service_url(st.airflow_port)
+        return [
+            component(
+                "airflow-api",
+                ["api-server", "--port", str(st.airflow_port), "--host", self.host],
+                http_ok(f"{api}/api/v2/monitor/health"),
+                url=api,
+                ports=(st.airflow_port,),
+                prepare=prepare,
+                start_timeout_s=180,
+            ),
+            component("airflow-scheduler", ["scheduler"], self.airflow_health("scheduler")),
+            component(
+                "airflow-dag-processor", ["dag-processor"], self.airflow_health("dag_processor")
+            ),
+            component(
+                "airflow-triggerer",
+                ["triggerer"],
+                self.airflow_health("triggerer"),
+                ports=(st.airflow_trigger_log_port,),
+            ),
+            component(
+                "airflow-worker",
+                ["celery", "worker", "--concurrency", str(st.airflow_worker_concurrency)],
+                lambda: _listening(self.host, st.airflow_worker_log_port),
+                ports=(st.airflow_worker_log_port,),
+            ),
+        ]
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:

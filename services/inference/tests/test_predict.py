@@ -170,10 +170,10 @@ BAD_INPUTS: list[tuple[str, Any, str, str]] = [
         "instances not a list",
         {"instances": {"age": 3}},
         "instances",
-        "Input should be a valid list",
+        "must be a list of rows",
     ),
-    ("no instances", {"rows": []}, "instances", "Field required"),
-    ("body not an object", [GOOD], "body", "valid dictionary"),
+    ("no instances", {"rows": []}, "instances", "field required"),
+    ("body not an object", [GOOD], "body", "expected an object"),
 ]
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+import orjson
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from mlops_common.errors import Unprocessable
 
 from inference.deps import HandlerDep
 from inference.schema import (
@@ -26,6 +28,12 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/predict",
     response_model=PredictResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        }
+    },
     summary="Score rows with the served model",
     responses={
         413: {"model": ErrorResponse, "description": "More rows than max_batch_rows"},
@@ -33,8 +41,42 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
         **_UNAVAILABLE,
     },
 )
-async def predict(body: PredictRequest, handler: HandlerDep) -> PredictResponse:
-    return await handler.predict(body)
+async def predict(request: Request, handler: HandlerDep) -> Response:
+    # The body is parsed here rather than by a pydantic model: this is the hot path, and the
+    # handler validates every row against the model's own signature anyway.
+    instances = parse_instances(await request.body())
+    prediction, model = await handler.predict_rows(instances)
+    body: dict[str, Any] = {
+        "predictions": prediction.predictions,
+        "probabilities": prediction.probabilities,
+        "classes": prediction.classes,
+    }
+    body["model"] = {
+        "name": model.meta.name,
+        "version": model.meta.version,
+        "alias": model.meta.alias,
+    }
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )
+
+
+def parse_instances(raw: bytes) -> list[Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(f"malformed JSON: {exc}", field="body") from exc
+    if not isinstance(body, dict):
+        raise Unprocessable('expected an object {"instances": [...]}', field="body")
+    instances = body.get("instances")
+    if instances is None:
+        raise Unprocessable('field required: {"instances": [...]}', field="instances")
+    unknown = sorted(set(body) - {"instances"})
+    if unknown:
+        raise Unprocessable(f"unknown fields: {', '.join(unknown)}", field=unknown[0])
+    if not isinstance(instances, list):
+        raise Unprocessable("must be a list of rows (objects or lists)", field="instances")
+    return instances
 
 
 @router.get(

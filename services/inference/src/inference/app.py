@@ -14,6 +14,7 @@ from mlops_common.http import make_async_client
 from mlops_common.storage import ObjectStore
 
 from inference.api import router
+from inference.batching import Batcher
 from inference.gateway import GatewayClient
 from inference.handler import PredictionHandler
 from inference.manager import ArtifactStore, ModelManager
@@ -47,7 +48,21 @@ def create_app(
                 await active.start()
                 stack.push_async_callback(active.stop)
             app.state.manager = active
-            app.state.handler = PredictionHandler(active, max_batch_rows=settings.max_batch_rows)
+            batcher = Batcher(
+                max_size=settings.batch_max_size,
+                max_wait_s=settings.batch_max_wait_ms / 1000,
+                max_queued=settings.max_queued_requests,
+            )
+            batcher.start()
+            stack.push_async_callback(batcher.stop)
+            app.state.handler = PredictionHandler(
+                active,
+                max_batch_rows=settings.max_batch_rows,
+                batcher=batcher,
+                batching=settings.batching,
+                batch_threshold_s=settings.batch_auto_threshold_ms / 1000,
+                max_queued_requests=settings.max_queued_requests,
+            )
             log.info(
                 "inference serving %s@%s (gateway %s)",
                 settings.model_name,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from mlops_common.errors import PlatformError
 
 
-# mlops_common has no py.typed: unless mypy_path includes it, PlatformError is Any to mypy.
 class PayloadTooLarge(PlatformError):
     status_code = 413
     code = "payload_too_large"

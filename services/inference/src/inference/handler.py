@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import anyio.to_thread
+import numpy as np
 from mlops_common.errors import ServiceUnavailable, Unprocessable
 
+from inference.batching import Batcher, QueueFull
 from inference.errors import PayloadTooLarge, describe_exception
+from inference.fastpath import CompiledPipeline
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
 from inference.schema import HealthResponse, ModelInfo, ModelRef, PredictRequest, PredictResponse
@@ -16,11 +20,40 @@ from inference.validation import build_frame, check_batch_size
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+# Up to this many rows are decoded on the event loop (tens of microseconds); more go to a thread.
+INLINE_ROWS = 512
+# A compiled model call cheaper than this runs on the event loop: a thread hop costs more.
+INLINE_COST_S = 0.002
+
 
 class PredictionHandler:
-    def __init__(self, manager: ModelManager, *, max_batch_rows: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        *,
+        max_batch_rows: int,
+        batcher: Batcher | None = None,
+        batching: str = "auto",
+        batch_threshold_s: float = 0.0005,
+        max_queued_requests: int = 256,
+    ) -> None:
         self._manager = manager
         self._max_batch_rows = max_batch_rows
+        self._batcher = batcher
+        self._batching = batching
+        self._batch_threshold_s = batch_threshold_s
+        self._max_queued = max_queued_requests
+        self._in_threads = 0
+        # Called with the reason whenever a request is turned away because the service is full.
+        self.on_overload: Any = None
+
+    @property
+    def current(self) -> ServedModel | None:
+        """The model serving right now (None before the first load)."""
+        return self._manager.current
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         prediction, model = await self.predict_rows(request.instances)
@@ -45,9 +78,56 @@ class PredictionHandler:
                 field="instances",
             )
         model = self._require_model()
-        # Validation of a large batch and the model itself are CPU work: keep them off the loop.
-        prediction = await anyio.to_thread.run_sync(_score, model, instances)
+        fast = model.fast
+        if fast is not None:
+            small = len(instances) <= INLINE_ROWS
+            decoded = (
+                fast.decode(instances) if small else await self._in_thread(fast.decode, instances)
+            )
+            if decoded is not None:
+                x = (
+                    fast.transform(decoded)
+                    if small
+                    else await self._in_thread(fast.transform, decoded)
+                )
+                predictions, probabilities = await self._score_matrix(model, fast, x)
+                return model.as_prediction(predictions, probabilities), model
+        # Anything the compiled path does not take (or no compiled path): the full validator,
+        # which names every problem, then scikit-learn itself, off the event loop.
+        prediction = await self._in_thread(_score, model, instances)
         return prediction, model
+
+    def batches(self, model: ServedModel) -> bool:
+        if self._batcher is None or model.fast is None or self._batching == "off":
+            return False
+        return self._batching == "on" or model.call_cost_s >= self._batch_threshold_s
+
+    async def _score_matrix(
+        self, model: ServedModel, fast: CompiledPipeline, x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.batches(model):
+            assert self._batcher is not None
+            try:
+                return await self._batcher.submit(fast, x)
+            except QueueFull as exc:
+                self._overloaded(str(exc))
+        if model.call_cost_s * max(1, x.shape[0] / 32) < INLINE_COST_S:
+            return fast.predict_matrix(x)
+        return await self._in_thread(fast.predict_matrix, x)
+
+    async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        if self._in_threads >= self._max_queued:
+            self._overloaded(f"{self._in_threads} requests are already being scored")
+        self._in_threads += 1
+        try:
+            return await anyio.to_thread.run_sync(func, *args)
+        finally:
+            self._in_threads -= 1
+
+    def _overloaded(self, reason: str) -> NoReturn:
+        if self.on_overload is not None:
+            self.on_overload(reason)
+        raise ServiceUnavailable(f"the service is at capacity ({reason}); retry shortly")
 
     def health(self) -> tuple[int, HealthResponse]:
         manager = self._manager

@@ -20,7 +20,16 @@ def run() -> None:
         sys.exit(f"inference: invalid settings (INFERENCE_*, S3_* variables):\n{exc}")
     configure_logging("inference", settings.log_level, settings.log_json)
     # log_config=None: uvicorn's loggers go through the handler configured above (one format).
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        # Per-request access lines cost more than scoring a linear model; /metrics counts requests.
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+    )
 
 
 if __name__ == "__main__":

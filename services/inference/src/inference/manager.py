@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -95,6 +96,7 @@ class ModelManager:
             store=store,
             cache_dir=settings.cache_dir,
             poll_interval_s=settings.poll_interval_s,
+            loader=functools.partial(load_served_model, fast_path=settings.fast_path),
         )
 
     # ---- state, read by request handlers -------------------------------------------------------

@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from inference.errors import ModelLoadError, describe_exception
+from inference.fastpath import CompiledPipeline, Unsupported, compile_pipeline
 from inference.validation import InputColumn, InputSchema
 
 log = logging.getLogger(__name__)
@@ -75,9 +78,16 @@ class ServedModel(Protocol):
         """The saved input example as request rows (objects or lists), for the load check."""
         ...
 
+    # The compiled form of the model (None: served through scikit-learn) and what a one-row call
+    # of it costs; the handler picks inline scoring or batching from these.
+    fast: CompiledPipeline | None
+    call_cost_s: float
+
     def load(self) -> None: ...
 
     def predict(self, frame: pd.DataFrame) -> Prediction: ...
+
+    def as_prediction(self, predictions: Any, probabilities: Any) -> Prediction: ...
 
 
 class SklearnModel:
@@ -85,9 +95,14 @@ class SklearnModel:
 
     flavor = "sklearn"
 
-    def __init__(self, local_dir: Path, meta: ModelVersion) -> None:
+    def __init__(self, local_dir: Path, meta: ModelVersion, *, fast_path: bool = True) -> None:
         self.local_dir = local_dir
         self._meta = meta
+        self._want_fast = fast_path
+        # The compiled numpy form of the pipeline, when it reproduces scikit-learn's answers.
+        self.fast: CompiledPipeline | None = None
+        # Seconds one single-row model call takes (the compiled path's estimator), measured.
+        self.call_cost_s = 0.0
         self._estimator: Any = None
         self._input_schema: InputSchema | None = None
         self._signature: dict[str, Any] | None = None
@@ -160,7 +175,21 @@ class SklearnModel:
             self._input_schema = _input_schema(signature.inputs)
         self._input_example = _read_input_example(self.local_dir, mlmodel.saved_input_example_info)
         self._estimator = estimator
+        if self._want_fast:
+            self.fast, self.call_cost_s = _compile_checked(
+                estimator, self._input_schema, self._input_example, self._meta
+            )
         self._loaded_at = datetime.now(UTC)
+
+    def as_prediction(self, predictions: Any, probabilities: Any) -> Prediction:
+        """A compiled-path result in the same form as ``predict`` gives."""
+        fast = self.fast
+        classes = _plain(fast.classes) if fast is not None and fast.classes is not None else None
+        return Prediction(
+            predictions=_plain(predictions),
+            probabilities=_plain(probabilities) if probabilities is not None else None,
+            classes=classes,
+        )
 
     def predict(self, frame: pd.DataFrame) -> Prediction:
         from sklearn.base import is_classifier
@@ -186,11 +215,74 @@ class SklearnModel:
         )
 
 
-def load_served_model(local_dir: Path, meta: ModelVersion) -> ServedModel:
+def load_served_model(
+    local_dir: Path, meta: ModelVersion, *, fast_path: bool = True
+) -> ServedModel:
     """Build and load the ``ServedModel`` for ``local_dir`` (sklearn is the only flavor so far)."""
-    model = SklearnModel(local_dir, meta)
+    model = SklearnModel(local_dir, meta, fast_path=fast_path)
     model.load()
     return model
+
+
+def _check_rows(compiled: CompiledPipeline, example: list[Any] | None) -> list[dict[str, Any]]:
+    """The saved example plus rows that exercise every null and unseen-category branch."""
+    names = compiled.names
+    rows: list[dict[str, Any]] = []
+    for row in example or []:
+        if isinstance(row, dict):
+            rows.append(dict(row))
+        elif isinstance(row, list) and len(row) == len(names):
+            rows.append(dict(zip(names, row, strict=True)))
+    base = rows[0] if rows else {n: (0.0 if n in compiled.numeric_names else "x") for n in names}
+    rows.append({n: None for n in names})
+    rows.append(
+        {n: (v if n in compiled.numeric_names else "__never_seen__") for n, v in base.items()}
+    )
+    for name in names:
+        rows.append({**base, name: None})
+    return rows
+
+
+def _compile_checked(
+    estimator: Any, schema: InputSchema | None, example: list[Any] | None, meta: ModelVersion
+) -> tuple[CompiledPipeline | None, float]:
+    """Compile the pipeline and keep it only if it answers exactly as scikit-learn does."""
+    from inference.validation import build_frame
+
+    try:
+        compiled = compile_pipeline(estimator, schema)
+        rows = _check_rows(compiled, example)
+        decoded = compiled.decode(rows)
+        if decoded is None:
+            raise Unsupported("the check rows do not decode")
+        predictions, probabilities = compiled.predict_matrix(compiled.transform(decoded))
+        frame = build_frame(rows, schema)
+        expected = np.asarray(estimator.predict(frame))
+        if not np.array_equal(np.asarray(predictions), expected):
+            raise Unsupported("predictions differ from scikit-learn's")
+        if probabilities is not None:
+            reference = np.asarray(estimator.predict_proba(frame))
+            if not np.allclose(probabilities, reference, rtol=1e-9, atol=1e-12):
+                raise Unsupported("probabilities differ from scikit-learn's")
+    except Unsupported as exc:
+        log.info("%s v%s: served through scikit-learn (%s)", meta.name, meta.version, exc)
+        return None, 0.0
+    except Exception as exc:  # a surprise in the check must never stop the model from loading
+        log.warning(
+            "%s v%s: compiled path disabled: %s", meta.name, meta.version, describe_exception(exc)
+        )
+        return None, 0.0
+    one = compiled.transform(decoded)[:1]
+    timings = []
+    for _ in range(15):
+        started = time.perf_counter()
+        compiled.predict_matrix(one)
+        timings.append(time.perf_counter() - started)
+    cost = float(np.median(timings))
+    log.info(
+        "%s v%s: compiled path on (one-row model call %.3f ms)", meta.name, meta.version, cost * 1e3
+    )
+    return compiled, cost
 
 
 def _input_schema(inputs: Any) -> InputSchema | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from mlops_common.settings import S3Settings, ServiceSettings, from_env
 from pydantic import Field, field_validator
@@ -33,6 +34,17 @@ class InferenceSettings(ServiceSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     s3: S3Settings = Field(default_factory=from_env(S3Settings))
     max_batch_rows: int = Field(default=10_000, ge=1)
+    # Serve supported pipelines through the compiled numpy path (checked against scikit-learn).
+    fast_path: bool = True
+    # Adaptive batching of concurrent requests: "auto" turns it on for models whose own
+    # per-call cost dominates (measured at load), where it raises throughput and evens out tails.
+    batching: Literal["auto", "on", "off"] = "auto"
+    batch_max_size: int = Field(default=64, ge=1, description="rows per batched model call")
+    batch_max_wait_ms: float = Field(default=2.0, ge=0, description="wait for more rows")
+    batch_auto_threshold_ms: float = Field(default=0.5, gt=0)
+    # Requests allowed to wait for the model; beyond it the service answers 503 + Retry-After
+    # instead of queueing without bound.
+    max_queued_requests: int = Field(default=256, ge=1)
 
     @field_validator("cache_dir")
     @classmethod

@@ -1,0 +1,326 @@
+"""A compiled form of common scikit-learn pipelines: JSON rows to predictions with numpy alone.
+
+Serving a pipeline through scikit-learn costs milliseconds per call that have nothing to do with
+the model: building a DataFrame, ColumnTransformer's bookkeeping, feature-name checks. For the
+pipelines the trainer builds (imputers, scaling, one-hot encoding, then an estimator) the same
+arithmetic is a few vector operations. This module reads the fitted parameters once, at load,
+and the model checks the compiled form against scikit-learn itself on real and edge-case rows
+before using it; anything it does not recognise simply stays on the scikit-learn path.
+
+Linear estimators are evaluated here directly; other estimators (forests, boosting) receive the
+transformed matrix, which skips the per-call pandas and ColumnTransformer overhead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inference.validation import InputSchema
+
+log = logging.getLogger(__name__)
+
+NUMERIC_KINDS = frozenset({"double", "float", "long", "integer"})
+
+
+class Unsupported(Exception):
+    """The pipeline has a part this compiler does not know; scikit-learn serves it as it is."""
+
+
+@dataclass
+class _Numeric:
+    """Numeric columns: impute, then optionally standardise."""
+
+    columns: list[int]  # indices into the numeric input matrix
+    fill: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+
+@dataclass
+class _Categorical:
+    """String columns: impute, then one-hot encode (unknown categories give all zeros)."""
+
+    columns: list[int]  # indices into the categorical input lists
+    fill: list[Any] | None = None
+    lookups: list[dict[Any, int]] = field(default_factory=list)
+    width: int = 0
+
+
+@dataclass
+class Decoded:
+    """Validated rows: numbers as one float matrix, strings as per-column lists."""
+
+    numeric: np.ndarray
+    categorical: list[list[Any]]
+
+    @property
+    def rows(self) -> int:
+        return int(self.numeric.shape[0])
+
+
+class CompiledPipeline:
+    """Preprocessing and estimator of a fitted pipeline, as numpy operations."""
+
+    def __init__(
+        self, schema: InputSchema, blocks: list[_Numeric | _Categorical], estimator: Any
+    ) -> None:
+        self.schema = schema
+        self.blocks = blocks
+        self.names = schema.names
+        self.n_columns = len(self.names)
+        self.numeric_names = [c.name for c in schema.columns if c.type in NUMERIC_KINDS]
+        self.string_names = [c.name for c in schema.columns if c.type == "string"]
+        self._numeric_pos = [i for i, c in enumerate(schema.columns) if c.type in NUMERIC_KINDS]
+        self._string_pos = [i for i, c in enumerate(schema.columns) if c.type == "string"]
+        self.width = sum(b.width for b in blocks)
+        self.estimator = estimator
+        self._linear = _linear_parts(estimator)
+        self.classes: np.ndarray | None = getattr(estimator, "classes_", None)
+        self.has_proba = self.classes is not None and hasattr(estimator, "predict_proba")
+
+    # ---- rows -> arrays ------------------------------------------------------------------------
+    def decode(self, instances: Sequence[Any]) -> Decoded | None:
+        """Rows to arrays when every value is plainly valid; None sends the request to the full
+        validator, which explains any problem (or accepts a rarer form) field by field."""
+        n = len(instances)
+        if n == 0:
+            return None
+        numeric_names, string_names = self.numeric_names, self.string_names
+        numbers: list[Any] = []
+        strings: list[list[Any]] = [[] for _ in string_names]
+        first = instances[0]
+        if type(first) is dict:
+            for row in instances:
+                if type(row) is not dict or len(row) != self.n_columns:
+                    return None
+                try:
+                    for name in numeric_names:
+                        numbers.append(row[name])
+                    for j, name in enumerate(string_names):
+                        strings[j].append(row[name])
+                except KeyError:
+                    return None
+        elif type(first) is list:
+            numeric_pos, string_pos = self._numeric_pos, self._string_pos
+            for row in instances:
+                if type(row) is not list or len(row) != self.n_columns:
+                    return None
+                for i in numeric_pos:
+                    numbers.append(row[i])
+                for j, i in enumerate(string_pos):
+                    strings[j].append(row[i])
+        else:
+            return None
+        for value in numbers:
+            kind = type(value)
+            if kind is not float and kind is not int and value is not None:
+                return None
+        for column in strings:
+            for value in column:
+                if value is not None and type(value) is not str:
+                    return None
+        try:
+            matrix = np.array(numbers, dtype=np.float64).reshape(n, len(numeric_names))
+        except (OverflowError, ValueError):
+            return None
+        if not np.isfinite(matrix[~np.isnan(matrix)]).all():
+            return None
+        return Decoded(matrix, strings)
+
+    def transform(self, decoded: Decoded) -> np.ndarray:
+        out = np.empty((decoded.rows, self.width), dtype=np.float64)
+        offset = 0
+        for block in self.blocks:
+            if isinstance(block, _Numeric):
+                values = decoded.numeric[:, block.columns]
+                if block.fill is not None:
+                    values = np.where(np.isnan(values), block.fill, values)
+                if block.mean is not None:
+                    values = values - block.mean
+                if block.scale is not None:
+                    values = values / block.scale
+                out[:, offset : offset + block.width] = values
+            else:
+                part = out[:, offset : offset + block.width]
+                part.fill(0.0)
+                for lookup, col_index, fill in zip(
+                    block.lookups,
+                    block.columns,
+                    block.fill or [None] * len(block.columns),
+                    strict=True,
+                ):
+                    for row, value in enumerate(decoded.categorical[col_index]):
+                        if value is None:
+                            value = fill
+                        position = lookup.get(value)
+                        if position is not None:
+                            part[row, position] = 1.0
+            offset += block.width
+        return out
+
+    # ---- arrays -> predictions -------------------------------------------------------------------
+    def predict_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and (for classifiers) class probabilities of transformed rows."""
+        if self._linear is not None:
+            coef, intercept, kind = self._linear
+            scores = x @ coef.T + intercept
+            if kind == "regressor":
+                return (scores.ravel() if scores.shape[1] == 1 else scores), None
+            assert self.classes is not None
+            if scores.shape[1] == 1:
+                positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+                proba = np.column_stack([1.0 - positive, positive])
+                return self.classes[(scores[:, 0] > 0).astype(np.intp)], proba
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            proba = shifted / shifted.sum(axis=1, keepdims=True)
+            return self.classes[scores.argmax(axis=1)], proba
+        if self.has_proba:
+            proba = self.estimator.predict_proba(x)
+            assert self.classes is not None
+            return self.classes[proba.argmax(axis=1)], proba
+        return self.estimator.predict(x), None
+
+
+def compile_pipeline(model: Any, schema: InputSchema | None) -> CompiledPipeline:
+    """Compile ``Pipeline([ColumnTransformer(...), estimator])``; raises Unsupported otherwise."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if schema is None:
+        raise Unsupported("no named input signature")
+    unknown_kinds = {c.type for c in schema.columns} - NUMERIC_KINDS - {"string"}
+    if unknown_kinds:
+        raise Unsupported(f"input types {sorted(unknown_kinds)}")
+    if not isinstance(model, Pipeline) or len(model.steps) != 2:
+        raise Unsupported("not a two-step Pipeline")
+    preprocess, estimator = model.steps[0][1], model.steps[-1][1]
+    if not isinstance(preprocess, ColumnTransformer):
+        raise Unsupported(f"first step is {type(preprocess).__name__}, not a ColumnTransformer")
+    numeric_index = {
+        c.name: i for i, c in enumerate(c for c in schema.columns if c.type in NUMERIC_KINDS)
+    }
+    string_index = {
+        c.name: i for i, c in enumerate(c for c in schema.columns if c.type == "string")
+    }
+    feature_names = [str(n) for n in getattr(preprocess, "feature_names_in_", [])]
+    blocks: list[_Numeric | _Categorical] = []
+    for name, transformer, columns in preprocess.transformers_:
+        if transformer == "drop" or (isinstance(columns, list | np.ndarray) and len(columns) == 0):
+            continue
+        names = _column_names(columns, feature_names)
+        steps = transformer.steps if isinstance(transformer, Pipeline) else [(name, transformer)]
+        if all(n in numeric_index for n in names):
+            blocks.append(_numeric_block([numeric_index[n] for n in names], steps))
+        elif all(n in string_index for n in names):
+            blocks.append(_categorical_block([string_index[n] for n in names], steps))
+        else:
+            raise Unsupported(f"transformer {name!r} mixes or misses columns {names}")
+    if _linear_parts(estimator) is None and not hasattr(estimator, "predict"):
+        raise Unsupported(f"estimator {type(estimator).__name__}")
+    return CompiledPipeline(schema, blocks, estimator)
+
+
+def _column_names(columns: Any, feature_names: list[str]) -> list[str]:
+    if isinstance(columns, str):
+        return [columns]
+    values = list(columns)
+    if all(isinstance(c, str) for c in values):
+        return values
+    if (
+        all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in values)
+        and feature_names
+    ):
+        return [feature_names[int(c)] for c in values]
+    raise Unsupported(f"column selector {columns!r}")
+
+
+def _numeric_block(columns: list[int], steps: list[tuple[str, Any]]) -> _Numeric:
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    block = _Numeric(columns)
+    for _, step in steps:
+        if step == "passthrough":
+            continue
+        if isinstance(step, SimpleImputer) and block.mean is None and block.fill is None:
+            if not _imputes_nan(step) or step.add_indicator:
+                raise Unsupported("numeric SimpleImputer that does not impute NaN")
+            stats = np.asarray(step.statistics_, dtype=np.float64)
+            if stats.shape[0] != len(columns) or np.isnan(stats).any():
+                # keep_empty_features=False drops all-NaN columns: the widths would not line up.
+                raise Unsupported("numeric imputer with dropped or NaN statistics")
+            block.fill = stats
+        elif isinstance(step, StandardScaler) and block.mean is None and block.scale is None:
+            block.mean = np.asarray(step.mean_, dtype=np.float64) if step.with_mean else None
+            block.scale = np.asarray(step.scale_, dtype=np.float64) if step.with_std else None
+        else:
+            raise Unsupported(f"numeric step {type(step).__name__}")
+    return block
+
+
+def _categorical_block(columns: list[int], steps: list[tuple[str, Any]]) -> _Categorical:
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    block = _Categorical(columns)
+    encoded = False
+    for _, step in steps:
+        if isinstance(step, SimpleImputer) and not encoded:
+            if step.add_indicator:
+                raise Unsupported("imputer with missing indicator")
+            if block.fill is None:
+                # The validator turns every null into NaN, so the NaN imputer is the one that acts;
+                # later imputers (e.g. for None) then see no missing values at all.
+                if not _imputes_nan(step):
+                    raise Unsupported("categorical imputer that does not impute NaN")
+                block.fill = list(step.statistics_)
+        elif isinstance(step, OneHotEncoder) and not encoded:
+            if step.drop_idx_ is not None or step.handle_unknown not in (
+                "ignore",
+                "infrequent_if_exist",
+            ):
+                raise Unsupported("OneHotEncoder with drop or handle_unknown=error")
+            if getattr(step, "_infrequent_enabled", False) and any(
+                c is not None for c in step.infrequent_categories_
+            ):
+                raise Unsupported("OneHotEncoder with infrequent categories")
+            offset = 0
+            for categories in step.categories_:
+                block.lookups.append({c: offset + i for i, c in enumerate(categories)})
+                offset += len(categories)
+            block.width = offset
+            encoded = True
+        else:
+            raise Unsupported(f"categorical step {type(step).__name__}")
+    if not encoded:
+        raise Unsupported("string columns without a OneHotEncoder")
+    return block
+
+
+def _imputes_nan(imputer: Any) -> bool:
+    missing = imputer.missing_values
+    return isinstance(missing, float) and np.isnan(missing)
+
+
+def _linear_parts(estimator: Any) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(coef, intercept, kind) of a fitted linear model whose output is a plain affine map."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+
+    if isinstance(estimator, LogisticRegression):
+        kind = "classifier"
+    elif type(estimator) in (LinearRegression, Ridge):
+        kind = "regressor"
+    else:
+        return None
+    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+    intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+    return coef, intercept, kind

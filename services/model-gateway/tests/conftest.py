@@ -367,14 +367,16 @@ def rows(engine: sa.Engine) -> Any:
 
 @pytest.fixture
 def build_app(registry: FakeMlflow, store: FakeStore, db_url: str) -> Any:
-    """Returns ``build(engine=..., **settings_overrides) -> FastAPI`` wired to the fakes."""
+    """Returns ``build(engine=..., publisher=..., **settings_overrides) -> FastAPI`` wired to
+    the fakes."""
 
-    def build(engine: sa.Engine | None = None, **overrides: Any) -> Any:
+    def build(engine: sa.Engine | None = None, publisher: Any = None, **overrides: Any) -> Any:
         return create_app(
             make_settings(overrides.pop("db_url", db_url), **overrides),
             mlflow_transport=httpx.MockTransport(registry.handle),
             store=store,
             engine=engine,
+            publisher=publisher,
         )
 
     return build

@@ -12,12 +12,15 @@ from fastapi import FastAPI
 from mlops_common.db import make_engine, migrate
 from mlops_common.errors import install_error_handlers
 from mlops_common.http import make_async_client
+from mlops_common.metrics import install_metrics
 from mlops_common.storage import ObjectStore
 from sqlalchemy import Engine
 
 from model_gateway import __version__, db
 from model_gateway.api import router
+from model_gateway.events import AliasEvents, NoAliasEvents, RedisAliasEvents
 from model_gateway.handlers import ArtifactStore, GatewayHandler
+from model_gateway.metrics import GatewayMetrics
 from model_gateway.mlflow_client import MlflowClient
 from model_gateway.settings import GatewaySettings
 
@@ -30,8 +33,12 @@ def create_app(
     mlflow_transport: httpx.AsyncBaseTransport | None = None,
     store: ArtifactStore | None = None,
     engine: Engine | None = None,
+    publisher: AliasEvents | None = None,
 ) -> FastAPI:
-    """Build the app; the keyword arguments replace real clients (tests pass fakes)."""
+    """Build the app; the keyword arguments replace real clients (tests pass fakes).
+
+    An injected ``publisher`` belongs to the caller and is not closed on shutdown.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,7 +52,19 @@ def create_app(
             retries=settings.mlflow_retries,
             transport=mlflow_transport,
         )
+        own_events: RedisAliasEvents | None = None
         try:
+            events: AliasEvents
+            if publisher is not None:
+                events = publisher
+            elif settings.redis_url:
+                events = own_events = RedisAliasEvents.from_url(
+                    settings.redis_url, settings.alias_channel, settings.redis_timeout_s
+                )
+                log.info("alias moves are published on Redis channel %s", settings.alias_channel)
+            else:
+                events = NoAliasEvents()
+                log.info("GATEWAY_REDIS_URL is not set: alias moves are not published")
             if settings.migrate_on_startup:
                 # Migrate the database the engine really points at (tests inject one).
                 url = db_engine.url.render_as_string(hide_password=False)
@@ -56,10 +75,14 @@ def create_app(
                 store=store or ObjectStore.from_settings(settings.s3),
                 engine=db_engine,
                 settings=settings,
+                events=events,
+                metrics=metrics,
             )
             yield
         finally:
             await http.aclose()
+            if own_events is not None:
+                await own_events.aclose()
             if own_engine:
                 db_engine.dispose()
 
@@ -71,5 +94,6 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    metrics = GatewayMetrics(install_metrics(app, "model-gateway"))
     app.include_router(router)
     return app

@@ -26,6 +26,8 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from model_gateway import db
+from model_gateway.events import AliasEvents, alias_event
+from model_gateway.metrics import GatewayMetrics
 from model_gateway.mlflow_client import MlflowApiError, MlflowClient
 from model_gateway.mlmodel import ModelArtifacts, parse_mlmodel, to_s3_uri
 from model_gateway.schemas import (
@@ -112,11 +114,15 @@ class GatewayHandler:
         store: ArtifactStore,
         engine: Engine,
         settings: GatewaySettings,
+        events: AliasEvents,
+        metrics: GatewayMetrics,
     ) -> None:
         self.mlflow = mlflow
         self.store = store
         self.engine = engine
         self.settings = settings
+        self.events = events
+        self.metrics = metrics
         self.artifacts_cache: LruCache[tuple[str, int, str], ModelArtifacts] = LruCache(
             settings.resolve_cache_size
         )
@@ -234,25 +240,45 @@ class GatewayHandler:
             audit_id = await self._set_alias_audited(
                 name, alias, version, previous, actor=actor, reason=reason, moved_at=moved_at
             )
-        log.info(
-            "moved %s@%s from %s to %s (actor=%s, audit_id=%s)",
-            name,
-            alias,
-            previous,
-            version,
-            actor,
-            audit_id,
-        )
-        return AliasMove(
-            name=name,
-            alias=alias,
-            version=version,
-            previous_version=previous,
-            moved=True,
-            moved_at=moved_at,
-            actor=actor,
-            audit_id=audit_id,
-        )
+            log.info(
+                "moved %s@%s from %s to %s (actor=%s, audit_id=%s)",
+                name,
+                alias,
+                previous,
+                version,
+                actor,
+                audit_id,
+            )
+            move = AliasMove(
+                name=name,
+                alias=alias,
+                version=version,
+                previous_version=previous,
+                moved=True,
+                moved_at=moved_at,
+                actor=actor,
+                audit_id=audit_id,
+            )
+            self.metrics.alias_moves.labels(name, alias).inc()
+            # Still under the lock, so subscribers receive the moves of one alias in commit order.
+            await self._announce(move)
+        return move
+
+    async def _announce(self, move: AliasMove) -> None:
+        """Publish a committed move; a failure is logged and counted, never raised."""
+        try:
+            await self.events.publish(alias_event(move))
+        except Exception as exc:
+            self.metrics.alias_events_failed.inc()
+            log.warning(
+                "%s@%s moved to %s but the move was not published (%s: %s); subscribers will "
+                "see it on their next poll",
+                move.name,
+                move.alias,
+                move.version,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _set_alias_audited(
         self,

@@ -43,6 +43,27 @@ class GatewaySettings(ServiceSettings):
         default=1024, ge=0, description="Resolved model versions kept in memory (0 disables)"
     )
     migrate_on_startup: bool = True
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis to publish alias moves on (redis://, rediss:// or unix://); "
+        "unset disables publishing",
+    )
+    alias_channel: str = Field(
+        default="mlops:alias-moves", min_length=1, description="Pub/sub channel of alias moves"
+    )
+    redis_timeout_s: float = Field(
+        default=1.0, gt=0, le=30, description="Longest one alias-move publish may take"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # An empty GATEWAY_REDIS_URL= in an env file means "off", not a malformed URL.
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("artifacts_destination")
     @classmethod

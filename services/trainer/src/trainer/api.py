@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from mlops_common.errors import PlatformError
 from sqlalchemy import text
 
 from trainer.handlers import JobsHandler
+from trainer.metrics import TrainerMetrics
 from trainer.queue import JobQueue
 from trainer.schemas import JobView, TrainRequest
 
+
+class SubmissionRoute(APIRoute):
+    """Counts submissions by outcome around FastAPI's whole request handler, because most
+    rejections (a malformed body, an unknown data set) happen before the route function runs."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def counted(request: Request) -> Response:
+            metrics: TrainerMetrics = request.app.state.metrics
+            try:
+                response = await handle(request)
+            except RequestValidationError:
+                metrics.job_submitted("rejected")
+                raise
+            except PlatformError as exc:
+                # A 503 (queue down) refuses no request: the client should retry it as it is.
+                if exc.status_code < 500:
+                    metrics.job_submitted("rejected")
+                raise
+            metrics.job_submitted("created" if response.status_code == 202 else "duplicate")
+            return response
+
+        return counted
+
+
 router = APIRouter()
+submissions = APIRouter(route_class=SubmissionRoute)
 
 
 def get_handler(request: Request) -> JobsHandler:
@@ -29,7 +61,7 @@ HandlerDep = Annotated[JobsHandler, Depends(get_handler)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 
 
-@router.post("/v1/train", status_code=202, response_model=JobView, tags=["jobs"])
+@submissions.post("/v1/train", status_code=202, response_model=JobView, tags=["jobs"])
 def train(body: TrainRequest, handler: HandlerDep, response: Response) -> JobView:
     """Validate and queue a training job; answers at once with the job to poll."""
     job, created = handler.submit(body)

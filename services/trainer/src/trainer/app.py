@@ -13,12 +13,14 @@ from pathlib import Path
 from fastapi import FastAPI
 from mlops_common.db import make_engine, migrate
 from mlops_common.errors import install_error_handlers
+from mlops_common.metrics import install_metrics
 from mlops_common.storage import ObjectStore
 from sqlalchemy import Engine
 
-from trainer.api import router
+from trainer.api import router, submissions
 from trainer.handlers import JobsHandler
 from trainer.jobs import JobStore
+from trainer.metrics import TrainerMetrics
 from trainer.queue import CeleryQueue, JobQueue, make_celery
 from trainer.settings import TrainerSettings
 
@@ -85,5 +87,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.state.metrics = TrainerMetrics(install_metrics(app, "trainer"))
+    app.include_router(submissions)
     app.include_router(router)
     return app

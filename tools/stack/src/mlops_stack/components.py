@@ -382,7 +382,8 @@ class Stack:
                 **self._service_env(),
                 "GATEWAY_PORT": str(st.gateway_port),
                 "GATEWAY_HOST": self.host,
-                "REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
+                # Alias moves are published here; inference subscribes and swaps within seconds.
+                "GATEWAY_REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
             },
             healthy=http_ok(f"{url}/health"),
         )

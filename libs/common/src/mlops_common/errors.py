@@ -85,33 +85,44 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, string_error_prefixes: tuple[str, ...] = ()) -> None:
+    """Render every error as ``{"error": {...}}``.
+
+    Under ``string_error_prefixes`` (protocols whose clients parse ``{"error": "<message>"}``,
+    such as the Open Inference Protocol's ``/v2``) the same error is rendered as one string that
+    still names the field.
+    """
+
+    def render(
+        request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        if string_error_prefixes and request.url.path.startswith(string_error_prefixes):
+            field = body.get("field")
+            text = f"{field}: {body['message']}" if field else str(body["message"])
+            return JSONResponse({"error": text}, status_code=status, headers=headers)
+        return JSONResponse({"error": body}, status_code=status, headers=headers)
+
     @app.exception_handler(PlatformError)
-    async def _platform_error(_: Request, exc: PlatformError) -> JSONResponse:
+    async def _platform_error(request: Request, exc: PlatformError) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+        return render(request, exc.status_code, exc.to_dict()["error"], headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc)
         first = errors[0] if errors else {"field": "body", "message": "invalid request"}
         message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         body = {"code": "invalid_input", "message": message, "field": first["field"]}
-        return JSONResponse({"error": {**body, "details": {"errors": errors}}}, status_code=422)
+        return render(request, 422, {**body, "details": {"errors": errors}})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else "http_error"
-        return JSONResponse(
-            {"error": {"code": code, "message": str(exc.detail)}},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        body = {"code": code, "message": str(exc.detail)}
+        return render(request, exc.status_code, body, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {"error": {"code": "internal_error", "message": "internal error; see service log"}},
-            status_code=500,
-        )
+        body = {"code": "internal_error", "message": "internal error; see service log"}
+        return render(request, 500, body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,16 +13,26 @@ import httpx
 from fastapi import FastAPI
 from mlops_common.errors import install_error_handlers
 from mlops_common.http import make_async_client
+from mlops_common.metrics import install_metrics
 from mlops_common.storage import ObjectStore
 
 from inference.api import router
 from inference.batching import Batcher
+from inference.events import follow_alias_moves
 from inference.gateway import GatewayClient
 from inference.handler import PredictionHandler
 from inference.manager import ArtifactStore, ModelManager
+from inference.metrics import install_inference_metrics
 from inference.settings import InferenceSettings
+from inference.v2 import router as v2_router
 
 log = logging.getLogger(__name__)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def create_app(
@@ -47,6 +59,17 @@ def create_app(
                 # The first load runs in the background too: the app answers (503) at once.
                 await active.start()
                 stack.push_async_callback(active.stop)
+                if settings.redis_url:
+                    follower = asyncio.create_task(
+                        follow_alias_moves(
+                            settings.redis_url,
+                            settings.alias_channel,
+                            settings.model_name,
+                            settings.model_alias,
+                            active.wake,
+                        )
+                    )
+                    stack.push_async_callback(_cancel, follower)
             app.state.manager = active
             batcher = Batcher(
                 max_size=settings.batch_max_size,
@@ -55,7 +78,7 @@ def create_app(
             )
             batcher.start()
             stack.push_async_callback(batcher.stop)
-            app.state.handler = PredictionHandler(
+            app.state.handler = handler = PredictionHandler(
                 active,
                 max_batch_rows=settings.max_batch_rows,
                 batcher=batcher,
@@ -63,6 +86,7 @@ def create_app(
                 batch_threshold_s=settings.batch_auto_threshold_ms / 1000,
                 max_queued_requests=settings.max_queued_requests,
             )
+            install_inference_metrics(registry, active, handler, batcher)
             log.info(
                 "inference serving %s@%s (gateway %s)",
                 settings.model_name,
@@ -77,6 +101,9 @@ def create_app(
         description="Serves predictions for the model behind one registry alias.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    # Open Inference Protocol clients (tritonclient among them) read errors as one string.
+    install_error_handlers(app, string_error_prefixes=("/v2/", "/v2"))
+    registry = install_metrics(app, "inference")
     app.include_router(router)
+    app.include_router(v2_router)
     return app

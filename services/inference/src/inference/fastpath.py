@@ -14,8 +14,10 @@ transformed matrix, which skips the per-call pandas and ColumnTransformer overhe
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -79,8 +81,12 @@ class CompiledPipeline:
         self.n_columns = len(self.names)
         self.numeric_names = [c.name for c in schema.columns if c.type in NUMERIC_KINDS]
         self.string_names = [c.name for c in schema.columns if c.type == "string"]
-        self._numeric_pos = [i for i, c in enumerate(schema.columns) if c.type in NUMERIC_KINDS]
-        self._string_pos = [i for i, c in enumerate(schema.columns) if c.type == "string"]
+        numeric_pos = [i for i, c in enumerate(schema.columns) if c.type in NUMERIC_KINDS]
+        string_pos = [i for i, c in enumerate(schema.columns) if c.type == "string"]
+        self._numbers_by_name = _getter(self.numeric_names)
+        self._strings_by_name = _getter(self.string_names)
+        self._numbers_by_pos = _getter(numeric_pos)
+        self._strings_by_pos = _getter(string_pos)
         self.width = sum(b.width for b in blocks)
         self.estimator = estimator
         self._linear = _linear_parts(estimator)
@@ -94,47 +100,47 @@ class CompiledPipeline:
         n = len(instances)
         if n == 0:
             return None
-        numeric_names, string_names = self.numeric_names, self.string_names
         numbers: list[Any] = []
-        strings: list[list[Any]] = [[] for _ in string_names]
+        strings: list[Any] = []
         first = instances[0]
+        # itemgetter pulls a row's values out in C; the checks below are set operations over the
+        # value types, also in C: per-value Python work would dominate a linear model's cost.
         if type(first) is dict:
-            for row in instances:
-                if type(row) is not dict or len(row) != self.n_columns:
-                    return None
-                try:
-                    for name in numeric_names:
-                        numbers.append(row[name])
-                    for j, name in enumerate(string_names):
-                        strings[j].append(row[name])
-                except KeyError:
-                    return None
+            if set(map(type, instances)) != {dict} or set(map(len, instances)) != {self.n_columns}:
+                return None
+            get_numbers, get_strings = self._numbers_by_name, self._strings_by_name
         elif type(first) is list:
-            numeric_pos, string_pos = self._numeric_pos, self._string_pos
-            for row in instances:
-                if type(row) is not list or len(row) != self.n_columns:
-                    return None
-                for i in numeric_pos:
-                    numbers.append(row[i])
-                for j, i in enumerate(string_pos):
-                    strings[j].append(row[i])
+            if set(map(type, instances)) != {list} or set(map(len, instances)) != {self.n_columns}:
+                return None
+            get_numbers, get_strings = self._numbers_by_pos, self._strings_by_pos
         else:
             return None
-        for value in numbers:
-            kind = type(value)
-            if kind is not float and kind is not int and value is not None:
-                return None
-        for column in strings:
-            for value in column:
-                if value is not None and type(value) is not str:
-                    return None
         try:
-            matrix = np.array(numbers, dtype=np.float64).reshape(n, len(numeric_names))
+            if get_numbers is not None:
+                numbers = list(chain.from_iterable(map(get_numbers, instances)))
+            if get_strings is not None:
+                strings = list(map(get_strings, instances))
+        except KeyError:
+            return None
+        if not set(map(type, numbers)) <= _NUMBER_TYPES:
+            return None
+        columns = [list(c) for c in zip(*strings, strict=True)] if strings else []
+        for j, column in enumerate(columns):
+            kinds = set(map(type, column))
+            if kinds <= _STRING_TYPES:
+                continue
+            # NaN stands for a missing string in pandas' JSON (and MLflow's saved examples).
+            if kinds <= _STRING_OR_NAN and all(v != v for v in column if type(v) is float):
+                columns[j] = [None if type(v) is float else v for v in column]
+                continue
+            return None
+        try:
+            matrix = np.array(numbers, dtype=np.float64).reshape(n, len(self.numeric_names))
         except (OverflowError, ValueError):
             return None
         if not np.isfinite(matrix[~np.isnan(matrix)]).all():
             return None
-        return Decoded(matrix, strings)
+        return Decoded(matrix, columns)
 
     def transform(self, decoded: Decoded) -> np.ndarray:
         out = np.empty((decoded.rows, self.width), dtype=np.float64)
@@ -188,6 +194,21 @@ class CompiledPipeline:
             assert self.classes is not None
             return self.classes[proba.argmax(axis=1)], proba
         return self.estimator.predict(x), None
+
+
+_NUMBER_TYPES = frozenset({float, int, type(None)})
+_STRING_TYPES = frozenset({str, type(None)})
+_STRING_OR_NAN = frozenset({str, type(None), float})
+
+
+def _getter(keys: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]] | None:
+    """itemgetter that always returns a tuple (itemgetter of one key returns the bare value)."""
+    if not keys:
+        return None
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda row: (row[key],)
+    return itemgetter(*keys)
 
 
 def compile_pipeline(model: Any, schema: InputSchema | None) -> CompiledPipeline:

@@ -83,6 +83,9 @@ class ModelManager:
         self._waiting: str | None = None
         self._failures: dict[tuple[int, str], _Failure] = {}
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        # Told "swapped" or "load_failed" (for /metrics); a no-op unless the app sets it.
+        self.on_event: Callable[[str], None] = lambda _event: None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -130,14 +133,20 @@ class ModelManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def wake(self) -> None:
+        """Poll now instead of at the next interval (an alias-move event arrived)."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.poll_once()
             except Exception:
                 # A bug in one poll must not stop the service from ever picking up a new version.
                 log.exception("polling %s@%s failed", self.model_name, self.alias)
-            await asyncio.sleep(self._poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 
     # ---- one poll ------------------------------------------------------------------------------
     async def poll_once(self) -> bool:
@@ -205,9 +214,11 @@ class ModelManager:
             model = await asyncio.to_thread(self._prepare, target)
         except Exception as exc:
             self._record_failure(target, exc)
+            self.on_event("load_failed")
             return False
         previous = self._current
         self._current = model  # the swap: one reference assignment
+        self.on_event("swapped")
         self._pending_version = None
         self._load_error = None
         self._failures.pop(_key(target), None)

@@ -327,6 +327,10 @@ def _plain(values: Any) -> Any:
     """numpy -> JSON-ready Python values; NaN and infinities become null (JSON has neither)."""
     if values is None:
         return None
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iub":
+        return values.tolist()
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f" and np.isfinite(values).all():
+        return values.tolist()
     as_list = values.tolist() if hasattr(values, "tolist") else list(values)
     return _finite(as_list)
 

@@ -45,6 +45,9 @@ class InferenceSettings(ServiceSettings):
     # Requests allowed to wait for the model; beyond it the service answers 503 + Retry-After
     # instead of queueing without bound.
     max_queued_requests: int = Field(default=256, ge=1)
+    # Alias-move events published by the gateway; unset: polling alone.
+    redis_url: str | None = None
+    alias_channel: str = "mlops:alias-moves"
 
     @field_validator("cache_dir")
     @classmethod

@@ -459,6 +459,7 @@ class Stack:
                 "INFERENCE_MODEL_NAME": st.demo_model,
                 "INFERENCE_GATEWAY_URL": self.service_url(st.gateway_port),
                 "INFERENCE_CACHE_DIR": str(self.paths.data("inference-cache")),
+                "INFERENCE_REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
             },
             # Up means answering; serving (200) needs a model, which the demo training provides.
             healthy=http_ok(f"{url}/health", accept=(200, 503)),

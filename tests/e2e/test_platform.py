@@ -242,15 +242,60 @@ def test_alias_move_is_served_without_restart_or_failed_requests(
                 headers={"X-Actor": "e2e-test"},
             )
             assert moved.status_code == 200, moved.text
+            # The gateway publishes the move on Redis; inference swaps on the event (not a poll).
             assert wait_until(
-                lambda v=target: http.get(f"{url}/model-info").json()["version"] == v, 30
-            ), f"inference did not pick up v{target}"
+                lambda v=target: http.get(f"{url}/model-info").json()["version"] == v, 5, 0.05
+            ), f"inference did not pick up v{target} within 5 s"
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert failures == []
     assert {second["model_version"], churn_model["job"]["model_version"]} <= served
+
+
+def test_open_inference_protocol_v2_matches_predict(stack: StackUrls, http: httpx.Client) -> None:
+    rows = load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).head(4)
+    assert http.get(f"{stack.inference}/v2/health/ready").json() == {"ready": True}
+    metadata = http.get(f"{stack.inference}/v2/models/demo").json()
+    assert [i["name"] for i in metadata["inputs"]] == list(rows.columns)
+    request = {
+        "id": "e2e-1",
+        "inputs": [
+            {
+                "name": column,
+                "shape": [len(rows)],
+                "datatype": "FP64",
+                "data": rows[column].tolist(),
+            }
+            for column in rows.columns
+        ],
+    }
+    answer = http.post(f"{stack.inference}/v2/models/demo/infer", json=request)
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    assert answer.json()["id"] == "e2e-1"
+    plain = http.post(f"{stack.inference}/predict", json={"instances": rows_of(rows)}).json()
+    assert outputs["predict"]["data"] == plain["predictions"]
+    bad = http.post(
+        f"{stack.inference}/v2/models/demo/infer",
+        json={"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1.0]}]},
+    )
+    assert bad.status_code == 422 and isinstance(bad.json()["error"], str)
+
+
+def test_every_service_exposes_prometheus_metrics(stack: StackUrls, http: httpx.Client) -> None:
+    http.get(f"{stack.inference}/model-info")
+    for url in (stack.trainer, stack.gateway, stack.inference):
+        metrics = http.get(f"{url}/metrics")
+        assert metrics.status_code == 200
+        assert (
+            "http_requests_total" in metrics.text
+            and "http_request_duration_seconds" in metrics.text
+        )
+    inference = http.get(f"{stack.inference}/metrics").text
+    assert 'inference_model_version{alias="champion",model="demo"}' in inference
+    assert "inference_compiled_path 1.0" in inference
 
 
 # ---- jobs survive restarts ----------------------------------------------------------------------

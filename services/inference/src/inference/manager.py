@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import re
 import shutil
@@ -219,6 +220,7 @@ class ModelManager:
         previous = self._current
         self._current = model  # the swap: one reference assignment
         self.on_event("swapped")
+        _settle_heap()
         self._pending_version = None
         self._load_error = None
         self._failures.pop(_key(target), None)
@@ -352,6 +354,19 @@ class ModelManager:
         for entry in entries:
             if entry.name != keep_name and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def _settle_heap() -> None:
+    """Exclude the long-lived heap (libraries, the model) from the cyclic GC.
+
+    With mlflow, pandas and scikit-learn imported there are millions of objects; a full
+    collection over them stalls every request for 100 ms or more, which is what a serving p99
+    shows. Frozen objects are never scanned; per-request garbage is still collected. Once per
+    swap the frozen heap is thawed and collected (about 0.1 s), so a replaced model is freed.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _key(meta: ModelVersion) -> tuple[int, str]:

@@ -39,7 +39,7 @@ class InferenceSettings(ServiceSettings):
     # Adaptive batching of concurrent requests: "auto" turns it on for models whose own
     # per-call cost dominates (measured at load), where it raises throughput and evens out tails.
     batching: Literal["auto", "on", "off"] = "auto"
-    batch_max_size: int = Field(default=64, ge=1, description="rows per batched model call")
+    batch_max_size: int = Field(default=1024, ge=1, description="rows per batched model call")
     batch_max_wait_ms: float = Field(default=2.0, ge=0, description="wait for more rows")
     batch_auto_threshold_ms: float = Field(default=0.5, gt=0)
     # Requests allowed to wait for the model; beyond it the service answers 503 + Retry-After

@@ -343,6 +343,7 @@ def ensure_mlserver_venv(requirements: list[str], venv: Path = MLSERVER_VENV) ->
         "fastapi",
         "uvicorn",
         "pydantic",
+        "uvloop",
     }
     return {p["name"]: p["version"] for p in json.loads(listing.stdout) if p["name"] in names}
 

@@ -145,7 +145,7 @@ def test_train_and_promote_promotes_better_challengers_only(
     conn = {
         "connection_id": "inference_e2e",
         "conn_type": "http",
-        "host": "127.0.0.1",
+        "host": stack.env.get("E2E_HOST_FROM_STACK", "127.0.0.1"),
         "port": 18802,
         "schema": "http",
     }

@@ -15,7 +15,7 @@ from inference.errors import PayloadTooLarge, describe_exception
 from inference.fastpath import CompiledPipeline
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
-from inference.schema import HealthResponse, ModelInfo, ModelRef, PredictRequest, PredictResponse
+from inference.schema import HealthResponse, ModelInfo, ModelRef
 from inference.validation import build_frame, check_batch_size
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,6 @@ class PredictionHandler:
     def current(self) -> ServedModel | None:
         """The model serving right now (None before the first load)."""
         return self._manager.current
-
-    async def predict(self, request: PredictRequest) -> PredictResponse:
-        prediction, model = await self.predict_rows(request.instances)
-        return PredictResponse(
-            predictions=prediction.predictions,
-            probabilities=prediction.probabilities,
-            classes=prediction.classes,
-            model=_ref(model),
-        )
 
     async def predict_rows(self, instances: list[Any]) -> tuple[Prediction, ServedModel]:
         """Score rows (objects, or lists in signature order) with the model served right now.

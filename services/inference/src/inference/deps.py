@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from inference.handler import PredictionHandler
 
 
-def get_handler(request: Request) -> PredictionHandler:
+async def get_handler(request: Request) -> PredictionHandler:
+    # async on purpose: FastAPI runs a sync dependency in its thread pool, a thread hop per call.
     return cast(PredictionHandler, request.app.state.handler)
 
 

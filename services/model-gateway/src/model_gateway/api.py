@@ -21,11 +21,12 @@ from model_gateway.schemas import (
 MAX_ACTOR_LENGTH = 256
 
 
-def get_handler(request: Request) -> GatewayHandler:
+# Dependencies are async: FastAPI runs sync ones in its thread pool, a thread hop per request.
+async def get_handler(request: Request) -> GatewayHandler:
     return cast(GatewayHandler, request.app.state.handler)
 
 
-def get_actor(
+async def get_actor(
     request: Request,
     x_actor: Annotated[
         str | None, Header(alias="X-Actor", description="Who moves the alias (audited)")

@@ -47,12 +47,13 @@ router = APIRouter()
 submissions = APIRouter(route_class=SubmissionRoute)
 
 
-def get_handler(request: Request) -> JobsHandler:
+# Dependencies are async: FastAPI runs sync ones in its thread pool, a thread hop per request.
+async def get_handler(request: Request) -> JobsHandler:
     handler: JobsHandler = request.app.state.handler
     return handler
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
 

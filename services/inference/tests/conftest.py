@@ -119,7 +119,13 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     reg_target = (frame["income"] / 1000).to_numpy()
     regressor = _pipeline(Ridge(), numeric, ["city"], flags).fit(reg_frame, reg_target)
 
-    dirs = {name: root / name for name in ("churn-v1", "churn-v2", "prices-v1", "bare-v1")}
+    # Numbers and strings only: the kind of pipeline the compiled path serves.
+    mixed_frame = frame.drop(columns=flags)
+    mixed = _pipeline(LogisticRegression(max_iter=500), numeric, CATEGORICAL, [])
+    mixed.fit(mixed_frame, labels)
+
+    names = ("churn-v1", "churn-v2", "prices-v1", "bare-v1", "mixed-v1")
+    dirs = {name: root / name for name in names}
     _save(v1, dirs["churn-v1"], frame, labels, serialization_format="cloudpickle")
     _save(v2, dirs["churn-v2"], frame, labels, serialization_format="cloudpickle")
     _save(
@@ -130,6 +136,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
         serialization_format="skops",
         skops_trusted_types=["numpy.dtype"],
     )
+    _save(mixed, dirs["mixed-v1"], mixed_frame, labels, serialization_format="cloudpickle")
     _save(
         v1,
         dirs["bare-v1"],
@@ -145,8 +152,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     (dirs["churn-broken"] / "model.pkl").write_bytes(b"this is not a pickle")
     return Artifacts(
         dirs=dirs,
-        pipelines={"churn-v1": v1, "churn-v2": v2, "prices-v1": regressor},
-        frames={"churn": frame, "prices": reg_frame},
+        pipelines={"churn-v1": v1, "churn-v2": v2, "prices-v1": regressor, "mixed-v1": mixed},
+        frames={"churn": frame, "prices": reg_frame, "mixed": mixed_frame},
     )
 
 
@@ -251,6 +258,7 @@ def gateway() -> FakeGateway:
         ("churn", 3): "churn-broken",
         ("prices", 1): "prices-v1",
         ("bare", 1): "bare-v1",
+        ("mixed", 1): "mixed-v1",
         ("ghost", 1): "missing",
     }
     for key, dirname in layout.items():

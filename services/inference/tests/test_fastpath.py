@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from inference.model import ModelVersion, SklearnModel
@@ -130,6 +131,10 @@ def test_compiled_answers_equal_scikit_learn(tmp_path: Path, estimator: Any, tar
     as_lists = model.fast.decode([list(row.values()) for row in batch])
     assert as_lists is not None
     np.testing.assert_array_equal(as_lists.numeric, decoded.numeric)
+    as_body = model.fast.decode_json(orjson.dumps({"instances": batch}))
+    assert as_body is not None
+    np.testing.assert_array_equal(as_body.numeric, decoded.numeric)
+    assert as_body.categorical == decoded.categorical
 
 
 @pytest.mark.parametrize(
@@ -140,6 +145,8 @@ def test_compiled_answers_equal_scikit_learn(tmp_path: Path, estimator: Any, tar
         {"city": 3},  # nor is a number a category
         {"colour": "red"},  # unknown feature
         {"age": 1e400},  # overflows to infinity
+        {"visits": 2.5},  # an integer column takes whole numbers only
+        {"visits": 2.0**63},  # beyond a long
     ],
 )
 def test_anything_unusual_goes_to_the_full_validator(
@@ -151,11 +158,36 @@ def test_anything_unusual_goes_to_the_full_validator(
         tmp_path, pipeline(LogisticRegression(max_iter=1000)).fit(frame, labels), frame, labels
     )
     assert model.fast is not None
-    row = {**rows(frame.head(1))[0], **change}
+    good = rows(frame.head(1))[0]
+    row = {**good, **change}
     assert model.fast.decode([row]) is None
-    missing = {k: v for k, v in rows(frame.head(1))[0].items() if k != "age"}
+    missing = {k: v for k, v in good.items() if k != "age"}
     assert model.fast.decode([missing]) is None
     assert model.fast.decode([]) is None
+    for body in (
+        {"instances": [good, row]},
+        {"instances": [missing]},
+        {"instances": []},
+        {"instances": [list(good.values())]},  # lists take the general path
+        {"instances": [good], "extra": 1},
+    ):
+        # json writes the overflowing 1e400 as Infinity: put the literal back.
+        raw = json.dumps(body).replace("Infinity", "1e400").encode()
+        assert model.fast.decode_json(raw) is None, body
+    assert model.fast.decode_json(b'{"instances": [') is None
+
+
+def test_whole_floats_fit_integer_columns(tmp_path: Path) -> None:
+    frame = mixed_frame()
+    labels = TARGETS["binary"](frame)
+    model = served(
+        tmp_path, pipeline(LogisticRegression(max_iter=1000)).fit(frame, labels), frame, labels
+    )
+    assert model.fast is not None
+    row = {**rows(frame.head(1))[0], "visits": 3.0}
+    decoded = model.fast.decode_json(orjson.dumps({"instances": [row]}))
+    assert decoded is not None
+    assert decoded.numeric[0, model.fast.numeric_names.index("visits")] == 3.0
 
 
 def test_unsupported_steps_stay_on_scikit_learn(tmp_path: Path) -> None:

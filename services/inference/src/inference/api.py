@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from mlops_common.errors import Unprocessable
 
 from inference.deps import HandlerDep
 from inference.schema import (
@@ -42,10 +41,9 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     },
 )
 async def predict(request: Request, handler: HandlerDep) -> Response:
-    # The body is parsed here rather than by a pydantic model: this is the hot path, and the
-    # handler validates every row against the model's own signature anyway.
-    instances = parse_instances(await request.body())
-    prediction, model = await handler.predict_rows(instances)
+    # The raw body goes to the handler rather than through a pydantic model: this is the hot
+    # path, and the handler validates every row against the model's own signature anyway.
+    prediction, model = await handler.predict_json(await request.body())
     body: dict[str, Any] = {
         "predictions": prediction.predictions,
         "probabilities": prediction.probabilities,
@@ -59,24 +57,6 @@ async def predict(request: Request, handler: HandlerDep) -> Response:
     return Response(
         orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
     )
-
-
-def parse_instances(raw: bytes) -> list[Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Unprocessable(f"malformed JSON: {exc}", field="body") from exc
-    if not isinstance(body, dict):
-        raise Unprocessable('expected an object {"instances": [...]}', field="body")
-    instances = body.get("instances")
-    if instances is None:
-        raise Unprocessable('field required: {"instances": [...]}', field="instances")
-    unknown = sorted(set(body) - {"instances"})
-    if unknown:
-        raise Unprocessable(f"unknown fields: {', '.join(unknown)}", field=unknown[0])
-    if not isinstance(instances, list):
-        raise Unprocessable("must be a list of rows (objects or lists)", field="instances")
-    return instances
 
 
 @router.get(

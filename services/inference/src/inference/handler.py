@@ -8,11 +8,12 @@ from typing import Any, NoReturn, TypeVar
 
 import anyio.to_thread
 import numpy as np
+import orjson
 from mlops_common.errors import ServiceUnavailable, Unprocessable
 
 from inference.batching import Batcher, QueueFull
 from inference.errors import PayloadTooLarge, describe_exception
-from inference.fastpath import CompiledPipeline
+from inference.fastpath import CompiledPipeline, Decoded
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
 from inference.schema import HealthResponse, ModelInfo, ModelRef
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-# Up to this many rows are decoded on the event loop (tens of microseconds); more go to a thread.
+# Up to this many rows (or bytes of body) are decoded on the event loop (a fraction of a
+# millisecond); larger requests are decoded in a thread so they do not stall the others.
 INLINE_ROWS = 512
+INLINE_BYTES = 256 * 1024
 # A compiled model call cheaper than this runs on the event loop: a thread hop costs more.
 INLINE_COST_S = 0.002
 
@@ -55,6 +58,23 @@ class PredictionHandler:
         """The model serving right now (None before the first load)."""
         return self._manager.current
 
+    async def predict_json(self, raw: bytes) -> tuple[Prediction, ServedModel]:
+        """Score the rows of a ``/predict`` body (``{"instances": [...]}``) with the model served
+        right now; see ``predict_rows``."""
+        model = self._require_model()
+        fast = model.fast
+        if fast is not None:
+            decoded = (
+                fast.decode_json(raw)
+                if len(raw) <= INLINE_BYTES
+                else await self._in_thread(fast.decode_json, raw)
+            )
+            if decoded is not None:
+                self._check_row_count(decoded.rows)
+                return await self._predict_decoded(model, fast, decoded), model
+        # Not the compiled model's plain form: parse generally and validate field by field.
+        return await self.predict_rows(parse_instances(raw))
+
     async def predict_rows(self, instances: list[Any]) -> tuple[Prediction, ServedModel]:
         """Score rows (objects, or lists in signature order) with the model served right now.
 
@@ -62,31 +82,39 @@ class PredictionHandler:
         with. Raises Unprocessable/PayloadTooLarge/ServiceUnavailable for the caller to render.
         """
         check_batch_size(instances)
-        if len(instances) > self._max_batch_rows:
-            raise PayloadTooLarge(
-                f"at most {self._max_batch_rows} rows per request, got {len(instances)}; "
-                "split the batch",
-                field="instances",
-            )
+        self._check_row_count(len(instances))
         model = self._require_model()
         fast = model.fast
         if fast is not None:
-            small = len(instances) <= INLINE_ROWS
             decoded = (
-                fast.decode(instances) if small else await self._in_thread(fast.decode, instances)
+                fast.decode(instances)
+                if len(instances) <= INLINE_ROWS
+                else await self._in_thread(fast.decode, instances)
             )
             if decoded is not None:
-                x = (
-                    fast.transform(decoded)
-                    if small
-                    else await self._in_thread(fast.transform, decoded)
-                )
-                predictions, probabilities = await self._score_matrix(model, fast, x)
-                return model.as_prediction(predictions, probabilities), model
+                return await self._predict_decoded(model, fast, decoded), model
         # Anything the compiled path does not take (or no compiled path): the full validator,
         # which names every problem, then scikit-learn itself, off the event loop.
         prediction = await self._in_thread(_score, model, instances)
         return prediction, model
+
+    def _check_row_count(self, rows: int) -> None:
+        if rows > self._max_batch_rows:
+            raise PayloadTooLarge(
+                f"at most {self._max_batch_rows} rows per request, got {rows}; split the batch",
+                field="instances",
+            )
+
+    async def _predict_decoded(
+        self, model: ServedModel, fast: CompiledPipeline, decoded: Decoded
+    ) -> Prediction:
+        x = (
+            fast.transform(decoded)
+            if decoded.rows <= INLINE_ROWS
+            else await self._in_thread(fast.transform, decoded)
+        )
+        predictions, probabilities = await self._score_matrix(model, fast, x)
+        return model.as_prediction(predictions, probabilities)
 
     def batches(self, model: ServedModel) -> bool:
         if self._batcher is None or model.fast is None or self._batching == "off":
@@ -170,6 +198,25 @@ class PredictionHandler:
         if manager.last_error is not None:
             return f"no model loaded: {manager.last_error}"
         return f"no model loaded yet: resolving {target}"
+
+
+def parse_instances(raw: bytes) -> list[Any]:
+    """The rows of a ``/predict`` body, or a 422 naming what is wrong with its shape."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(f"malformed JSON: {exc}", field="body") from exc
+    if not isinstance(body, dict):
+        raise Unprocessable('expected an object {"instances": [...]}', field="body")
+    instances = body.get("instances")
+    if instances is None:
+        raise Unprocessable('field required: {"instances": [...]}', field="instances")
+    unknown = sorted(set(body) - {"instances"})
+    if unknown:
+        raise Unprocessable(f"unknown fields: {', '.join(unknown)}", field=unknown[0])
+    if not isinstance(instances, list):
+        raise Unprocessable("must be a list of rows (objects or lists)", field="instances")
+    return instances
 
 
 def _score(model: ServedModel, instances: list[Any]) -> Prediction:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from inference.errors import ModelLoadError, describe_exception
-from inference.fastpath import CompiledPipeline, Unsupported, compile_pipeline
+from inference.fastpath import CompiledPipeline, Decoded, Unsupported, compile_pipeline
 from inference.validation import InputColumn, InputSchema
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,14 @@ def load_served_model(
     return model
 
 
+def _same_decoded(left: Decoded | None, right: Decoded) -> bool:
+    return (
+        left is not None
+        and np.array_equal(left.numeric, right.numeric, equal_nan=True)
+        and left.categorical == right.categorical
+    )
+
+
 def _check_rows(compiled: CompiledPipeline, example: list[Any] | None) -> list[dict[str, Any]]:
     """The saved example plus rows that exercise every null and unseen-category branch."""
     names = compiled.names
@@ -255,6 +264,10 @@ def _compile_checked(
         decoded = compiled.decode(rows)
         if decoded is None:
             raise Unsupported("the check rows do not decode")
+        # /predict bodies take the JSON decoder: it must read the same rows to the same arrays.
+        body = orjson.dumps({"instances": rows}, option=orjson.OPT_SERIALIZE_NUMPY)
+        if not _same_decoded(compiled.decode_json(body), decoded):
+            raise Unsupported("the JSON decoder reads the check rows differently")
         predictions, probabilities = compiled.predict_matrix(compiled.transform(decoded))
         frame = build_frame(rows, schema)
         expected = np.asarray(estimator.predict(frame))

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as triton
 from inference.v2 import build_rows
 from inference.v2_schema import RequestInput
 from inference.validation import InputColumn, InputSchema
@@ -106,7 +107,7 @@ async def test_server_metadata(service: Any) -> None:
     assert response.json() == {
         "name": "inference",
         "version": version("inference"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }
 
 
@@ -450,37 +451,156 @@ async def test_base64_bytes(service: Any, gateway: Any, artifacts: Any, to_rows:
 
 
 # ---- what real clients send ---------------------------------------------------------------------
-def _tritonclient_body(columns: dict[str, np.ndarray[Any, Any]], request_id: str) -> bytes:
-    """The body tritonclient.http builds from InferInput(name, shape, dtype) +
-    set_data_from_numpy(array, binary_data=False) per column, with
-    InferRequestedOutput(name, binary_data=False) for both outputs.
+TRITON_DATATYPES = {"float64": "FP64", "int64": "INT64", "bool": "BOOL", "object": "BYTES"}
 
-    It serialises with rapidjson: compact separators, NaN written as a bare ``NaN`` token,
-    BYTES from an object array as ``str(item)``, everything else as ``item.item()``.
-    """
-    triton_dtype = {"float64": "FP64", "int64": "INT64", "bool": "BOOL", "object": "BYTES"}
+
+def _triton_inputs(columns: dict[str, np.ndarray[Any, Any]], *, binary: bool) -> list[Any]:
     inputs = []
     for name, array in columns.items():
-        datatype = triton_dtype[array.dtype.name]
-        if datatype == "BYTES":
-            data: list[Any] = [
-                str(item.item())  # type: ignore[attr-defined]
-                for item in np.nditer(array, flags=["refs_ok"], order="C")
-            ]
-        else:
-            data = [value.item() for value in array.flatten()]
-        inputs.append(
-            {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
-        )
-    request = {
-        "id": request_id,
-        "inputs": inputs,
-        "outputs": [
-            {"name": "predict", "parameters": {"binary_data": False}},
-            {"name": "predict_proba", "parameters": {"binary_data": False}},
-        ],
+        tensor = triton.InferInput(name, list(array.shape), TRITON_DATATYPES[array.dtype.name])
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+def _tritonclient_body(columns: dict[str, np.ndarray[Any, Any]], request_id: str) -> bytes:
+    """The body tritonclient.http builds from set_data_from_numpy(array, binary_data=False) per
+    column, with InferRequestedOutput(name, binary_data=False) for both outputs.
+
+    It serialises with rapidjson: NaN as a bare ``NaN`` token, BYTES from an object array as
+    ``str(item)``.
+    """
+    outputs = [
+        triton.InferRequestedOutput("predict", binary_data=False),
+        triton.InferRequestedOutput("predict_proba", binary_data=False),
+    ]
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        _triton_inputs(columns, binary=False), outputs=outputs, request_id=request_id
+    )
+    assert json_size is None  # all JSON
+    return bytes(body)
+
+
+def _churn_columns(frame: Any) -> dict[str, np.ndarray[Any, Any]]:
+    columns = {
+        name: frame[name].to_numpy().reshape(-1, 1)
+        for name in FEATURES
+        if name not in ("city", "plan")
     }
-    return json.dumps(request, separators=(",", ":")).encode()
+    # String columns as object arrays: the only way tritonclient takes BYTES from numpy.
+    columns["city"] = frame["city"].to_numpy(dtype=object).reshape(-1, 1)
+    columns["plan"] = frame["plan"].to_numpy(dtype=object).reshape(-1, 1)
+    return columns
+
+
+async def _post_triton(svc: Any, body: bytes, json_size: int | None) -> Any:
+    """POST as tritonclient does and read the answer with tritonclient's own parser."""
+    headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
+    response = await svc.client.post(INFER, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    header = response.headers.get("inference-header-content-length")
+    return triton.InferenceServerClient.parse_response_body(
+        response.content, header_length=None if header is None else int(header)
+    )
+
+
+async def test_tritonclient_defaults_binary_tensors_both_ways(
+    service: Any, gateway: Any, artifacts: Any
+) -> None:
+    frame = artifacts.frames["churn"].iloc[:12].copy()
+    frame.loc[frame.index[0], "age"] = np.nan  # a missing value, as raw FP64 NaN bytes
+    frame["city"] = frame["city"].fillna("paris")
+    columns = _churn_columns(frame)
+    # tritonclient's defaults: binary inputs, no outputs named, so every output comes back binary.
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        _triton_inputs(columns, binary=True), request_id="bin-1"
+    )
+    assert json_size is not None and json_size < len(body)
+
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        result = await _post_triton(svc, bytes(body), json_size)
+        # Binary inputs and JSON outputs, mixed per output, also work.
+        outputs = [
+            triton.InferRequestedOutput("predict", binary_data=False),
+            triton.InferRequestedOutput("predict_proba", binary_data=True),
+        ]
+        mixed_body, mixed_size = triton.InferenceServerClient.generate_request_body(
+            _triton_inputs(columns, binary=True), outputs=outputs
+        )
+        mixed = await _post_triton(svc, bytes(mixed_body), mixed_size)
+
+    pipeline = artifacts.pipelines["churn-v1"]
+    assert result.get_response()["id"] == "bin-1"
+    predict = result.as_numpy("predict")
+    assert [v.decode() for v in predict.ravel()] == pipeline.predict(frame).tolist()
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), pipeline.predict_proba(frame))
+    assert mixed.as_numpy("predict").tolist() == pipeline.predict(frame).tolist()
+    np.testing.assert_allclose(mixed.as_numpy("predict_proba"), pipeline.predict_proba(frame))
+
+
+@pytest.mark.parametrize(
+    ("header_length", "tail", "field", "message"),
+    [
+        ("abc", b"", "Inference-Header-Content-Length", "must be an integer"),
+        ("100000", b"", "Inference-Header-Content-Length", "must be between 1 and"),
+        (None, b"\x00" * 7, "inputs[0].parameters.binary_data_size", "not a whole number"),
+        (None, b"\x00" * 4, "inputs[0].parameters.binary_data_size", "does not fit"),
+        (None, b"\x00" * 16, "body", "8 bytes after the last binary input"),
+    ],
+    ids=["not-a-number", "too-long", "partial-value", "short", "trailing-bytes"],
+)
+async def test_broken_binary_bodies_are_a_422_naming_the_field(
+    service: Any, gateway: Any, header_length: str | None, tail: bytes, field: str, message: str
+) -> None:
+    size = 7 if "whole number" in message else 8
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "age",
+                    "shape": [1],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": header_length or str(len(header))}
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        response = await svc.client.post(INFER, content=header + tail, headers=headers)
+    assert response.status_code == 422, response.text
+    error = v2_error(response)
+    assert error["field"] == field
+    assert message in error["message"]
+
+
+async def test_binary_strings_must_be_utf8(service: Any, gateway: Any) -> None:
+    blob = (2).to_bytes(4, "little") + b"\xff\xfe"
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "city",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        response = await svc.client.post(INFER, content=header + blob, headers=headers)
+    assert response.status_code == 422, response.text
+    error = v2_error(response)
+    assert error["field"] == "inputs[0].data"
+    assert "not UTF-8" in error["message"]
 
 
 async def test_request_as_tritonclient_sends_it(
@@ -488,17 +608,9 @@ async def test_request_as_tritonclient_sends_it(
 ) -> None:
     frame = artifacts.frames["churn"].iloc[:12].copy()
     frame.loc[frame.index[0], "age"] = np.nan  # sent as a bare NaN token: a missing value
-    columns = {
-        name: frame[name].to_numpy().reshape(-1, 1)
-        for name in FEATURES
-        if name not in ("city", "plan")
-    }
-    # String columns as object arrays: the only way tritonclient takes BYTES from numpy.
-    columns["city"] = frame["city"].fillna("paris").to_numpy(dtype=object).reshape(-1, 1)
-    columns["plan"] = frame["plan"].to_numpy(dtype=object).reshape(-1, 1)
-    body = _tritonclient_body(columns, request_id="triton-1")
-    assert b"NaN" in body
     expected_frame = frame.assign(city=frame["city"].fillna("paris"))
+    body = _tritonclient_body(_churn_columns(expected_frame), request_id="triton-1")
+    assert b"NaN" in body
 
     gateway.set_alias("churn", 1)
     async with service() as svc:
@@ -549,20 +661,6 @@ async def test_curl_form_content_type_is_read_as_json(service: Any, gateway: Any
         await svc.manager.poll_once()
         response = await svc.client.post(INFER, content=body, headers=headers)
     assert response.status_code == 200, response.text
-
-
-async def test_binary_tensor_data_is_refused_with_a_hint(service: Any, gateway: Any) -> None:
-    header = json.dumps({"inputs": [{"name": "age", "shape": [1], "datatype": "FP64"}]})
-    body = header.encode() + np.array([40.0]).tobytes()
-    headers = {"Inference-Header-Content-Length": str(len(header))}
-    gateway.set_alias("churn", 1)
-    async with service() as svc:
-        await svc.manager.poll_once()
-        response = await svc.client.post(INFER, content=body, headers=headers)
-    assert response.status_code == 422
-    error = v2_error(response)
-    assert error["field"] == "body"
-    assert "binary_data=False" in error["message"]
 
 
 # ---- tensors -> rows, without a model -----------------------------------------------------------

@@ -6,8 +6,8 @@ scoring path and answer identically. Two request layouts are understood:
 * one input per signature column, shape ``[n]`` or ``[n, 1]`` (MLServer's pandas layout);
 * one ``[n, k]`` input, any name, whose columns follow the signature order.
 
-Only JSON tensor data is supported (``extensions: []``): Triton's binary-data extension is
-refused with a message saying how to send JSON instead.
+Tensor data comes as JSON ``data`` or, with Triton's binary tensor data extension (tritonclient's
+default), as raw bytes after a JSON header; see ``v2_binary``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from mlops_common.errors import NotFound, ServiceUnavailable, Unprocessable
 
+from inference import v2_binary
 from inference.deps import HandlerDep
 from inference.handler import PredictionHandler
 from inference.model import Prediction, ServedModel
@@ -67,7 +68,7 @@ _RETRY = {"Retry-After": "1"}
 
 
 class _V2Route(APIRoute):
-    """Reads every V2 body as JSON, whatever its Content-Type, and refuses binary tensor data.
+    """Reads every V2 body as JSON, whatever its Content-Type, after unpacking binary tensors.
 
     Triton and KServe ignore Content-Type, and real clients rely on it: tritonclient.http posts
     without one, ``curl -d`` sends form-urlencoded. FastAPI would hand those bodies to the model
@@ -81,25 +82,30 @@ class _V2Route(APIRoute):
         async def route(request: Request) -> Response:
             if request.method != "POST":
                 return await handle(request)
-            if "inference-header-content-length" in request.headers:
-                raise Unprocessable(
-                    "binary tensor data (Inference-Header-Content-Length) is not supported: "
-                    "send tensors as JSON `data` (tritonclient: set_data_from_numpy(..., "
-                    "binary_data=False))",
-                    field="body",
-                )
-            content_type = request.headers.get("content-type", "")
-            if not content_type.split(";", 1)[0].strip().lower().endswith("json"):
-                scope = dict(request.scope)
-                scope["headers"] = [
-                    (key, value)
-                    for key, value in request.scope["headers"]
-                    if key != b"content-type"
-                ] + [(b"content-type", b"application/json")]
-                request = Request(scope, request.receive)
+            header_length = request.headers.get(v2_binary.HEADER)
+            if header_length is not None:
+                body = v2_binary.unpack_request(await request.body(), header_length)
+
+                async def receive() -> dict[str, Any]:
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                request = Request(_as_json(request.scope), receive)
+            elif not _is_json(request.headers.get("content-type", "")):
+                request = Request(_as_json(request.scope), request.receive)
             return await handle(request)
 
         return route
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower().endswith("json")
+
+
+def _as_json(scope: Any) -> dict[str, Any]:
+    """The scope with its body declared JSON (and no stale length)."""
+    replaced = (b"content-type", b"content-length", v2_binary.HEADER.encode())
+    headers = [(key, value) for key, value in scope["headers"] if key not in replaced]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=_V2Route)
@@ -113,7 +119,9 @@ _NOT_SERVED: dict[int | str, dict[str, Any]] = {
 # ---- health and metadata ------------------------------------------------------------------------
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="inference", version=package_version("inference"), extensions=[])
+    return ServerMetadata(
+        name="inference", version=package_version("inference"), extensions=[v2_binary.EXTENSION]
+    )
 
 
 @router.get("/health/live", response_model=ServerLive, summary="200 while the process answers")
@@ -223,6 +231,14 @@ async def _infer(
         response["id"] = body.id
     response["parameters"] = {"alias": served.meta.alias}
     response["outputs"] = outputs
+    binary = v2_binary.binary_outputs(body, wanted)
+    if binary:
+        content, json_size = v2_binary.pack_response(response, binary)
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(json_size)},
+        )
     # Serialised here rather than through the response model: for large batches validating every
     # value again costs more than scoring. orjson writes NaN as null, which JSON needs anyway.
     return Response(orjson.dumps(response), media_type="application/json")

@@ -220,3 +220,65 @@ def test_slow_models_measure_a_higher_call_cost(tmp_path: Path) -> None:
         labels,
     )
     assert forest.call_cost_s > 10 * linear.call_cost_s
+
+
+def numeric_frame() -> pd.DataFrame:
+    return mixed_frame()[["age", "income", "visits"]].fillna(50.0)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        LogisticRegression(max_iter=1000),
+        Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=1000))]),
+        Pipeline(
+            [
+                ("impute", SimpleImputer()),
+                ("scale", StandardScaler()),
+                ("model", RandomForestClassifier(n_estimators=15, random_state=0)),
+            ]
+        ),
+        Pipeline([("scale", None), ("model", Ridge())]),
+    ],
+    ids=["bare-lr", "scaled-lr", "imputed-scaled-rf", "ridge-skipped-step"],
+)
+def test_numeric_models_without_a_column_transformer_compile(
+    tmp_path: Path, estimator: Any
+) -> None:
+    frame = numeric_frame()
+    target = (
+        frame["income"].to_numpy() / 1000
+        if isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], Ridge)
+        else TARGETS["binary"](mixed_frame())
+    )
+    model = served(tmp_path, estimator.fit(frame, target), frame, target)
+    assert model.fast is not None
+    batch = rows(frame.head(20))
+    # Columns in another order than fitted: the compiled path reorders by name.
+    batch[0] = dict(reversed(list(batch[0].items())))
+    decoded = model.fast.decode_json(orjson.dumps({"instances": batch}))
+    assert decoded is not None
+    fast = model.as_prediction(*model.fast.predict_matrix(model.fast.transform(decoded)))
+    slow = model.predict(build_frame(batch, model.input_schema))
+    assert fast.predictions == slow.predictions
+    if slow.probabilities is not None:
+        np.testing.assert_allclose(fast.probabilities, slow.probabilities, rtol=1e-9, atol=1e-12)
+
+
+def test_a_null_nothing_imputes_is_left_to_scikit_learn(tmp_path: Path) -> None:
+    frame = numeric_frame()
+    labels = TARGETS["binary"](mixed_frame())
+    model = served(tmp_path, LogisticRegression(max_iter=1000).fit(frame, labels), frame, labels)
+    assert model.fast is not None
+    row = {**rows(frame.head(1))[0], "income": None}
+    assert model.fast.decode([row]) is None
+    assert model.fast.decode_json(orjson.dumps({"instances": [row]})) is None
+
+
+def test_a_bare_forest_fitted_on_named_columns_stays_on_scikit_learn(tmp_path: Path) -> None:
+    frame = numeric_frame()
+    labels = TARGETS["binary"](mixed_frame())
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(frame, labels)
+    model = served(tmp_path, forest, frame, labels)
+    assert model.fast is None
+    assert len(model.predict(build_frame(rows(frame.head(2)), model.input_schema)).predictions) == 2

@@ -94,6 +94,14 @@ class CompiledPipeline:
         self._int_columns = np.array(integers, dtype=np.intp)
         self._int_low = np.array([_INT_BOUNDS[numeric_kinds[i]][0] for i in integers])
         self._int_high = np.array([_INT_BOUNDS[numeric_kinds[i]][1] for i in integers])
+        # Numeric columns no imputer fills: scikit-learn refuses a null there, so the compiled
+        # path leaves such rows to it (and to the validator's 422).
+        filled = {
+            i for b in blocks if isinstance(b, _Numeric) and b.fill is not None for i in b.columns
+        }
+        unfilled = [i for i in range(len(self.numeric_names)) if i not in filled]
+        self._unfilled = np.array(unfilled, dtype=np.intp)
+        self.unfilled_names = frozenset(self.numeric_names[i] for i in unfilled)
         self.width = sum(b.width for b in blocks)
         self.estimator = estimator
         self._linear = _linear_parts(estimator)
@@ -126,9 +134,15 @@ class CompiledPipeline:
             numbers, columns = values, []
         # None becomes NaN here, the missing value the imputers fill.
         matrix = np.array(numbers, dtype=np.float64).reshape(len(rows), split)
-        if np.isinf(matrix).any() or not self._integers_fit(matrix):
-            return None
-        return Decoded(matrix, columns)
+        return Decoded(matrix, columns) if self._usable(matrix) else None
+
+    def _usable(self, matrix: np.ndarray) -> bool:
+        """No infinity; no null where nothing imputes it; integers whole and in range."""
+        if np.isinf(matrix).any():
+            return False
+        if self._unfilled.size and np.isnan(matrix[:, self._unfilled]).any():
+            return False
+        return self._integers_fit(matrix)
 
     def _integers_fit(self, matrix: np.ndarray) -> bool:
         """Integer columns hold whole numbers in their type's range (or nulls), as the full
@@ -183,9 +197,7 @@ class CompiledPipeline:
             matrix = np.array(numbers, dtype=np.float64).reshape(n, len(self.numeric_names))
         except (OverflowError, ValueError):
             return None
-        if np.isinf(matrix).any() or not self._integers_fit(matrix):
-            return None
-        return Decoded(matrix, columns)
+        return Decoded(matrix, columns) if self._usable(matrix) else None
 
     def transform(self, decoded: Decoded) -> np.ndarray:
         out = np.empty((decoded.rows, self.width), dtype=np.float64)
@@ -272,7 +284,11 @@ def _body_decoder(numeric: list[str], strings: list[str]) -> msgspec.json.Decode
 
 
 def compile_pipeline(model: Any, schema: InputSchema | None) -> CompiledPipeline:
-    """Compile ``Pipeline([ColumnTransformer(...), estimator])``; raises Unsupported otherwise."""
+    """Compile a fitted model whose inputs the signature names; raises Unsupported otherwise.
+
+    Understood: ``Pipeline([ColumnTransformer(...), estimator])`` (what the trainer builds), and
+    on all-numeric inputs a bare estimator or ``Pipeline([imputer?, scaler?, estimator])``.
+    """
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
@@ -281,17 +297,33 @@ def compile_pipeline(model: Any, schema: InputSchema | None) -> CompiledPipeline
     unknown_kinds = {c.type for c in schema.columns} - NUMERIC_KINDS - {"string"}
     if unknown_kinds:
         raise Unsupported(f"input types {sorted(unknown_kinds)}")
-    if not isinstance(model, Pipeline) or len(model.steps) != 2:
-        raise Unsupported("not a two-step Pipeline")
-    preprocess, estimator = model.steps[0][1], model.steps[-1][1]
-    if not isinstance(preprocess, ColumnTransformer):
-        raise Unsupported(f"first step is {type(preprocess).__name__}, not a ColumnTransformer")
     numeric_index = {
         c.name: i for i, c in enumerate(c for c in schema.columns if c.type in NUMERIC_KINDS)
     }
     string_index = {
         c.name: i for i, c in enumerate(c for c in schema.columns if c.type == "string")
     }
+    steps = [step for _, step in model.steps] if isinstance(model, Pipeline) else [model]
+    *preprocess, estimator = steps
+    if len(preprocess) == 1 and isinstance(preprocess[0], ColumnTransformer):
+        blocks = _column_blocks(preprocess[0], numeric_index, string_index)
+    else:
+        blocks = [_all_numeric_block(model, preprocess, numeric_index, string_index)]
+        # Fitted on named columns, scikit-learn warns on every unnamed matrix it is given; only
+        # linear models, which are evaluated here without scikit-learn, avoid that.
+        bare_nonlinear = not preprocess and _linear_parts(estimator) is None
+        if bare_nonlinear and hasattr(estimator, "feature_names_in_"):
+            raise Unsupported("a bare non-linear estimator fitted on named columns")
+    if _linear_parts(estimator) is None and not hasattr(estimator, "predict"):
+        raise Unsupported(f"estimator {type(estimator).__name__}")
+    return CompiledPipeline(schema, blocks, estimator)
+
+
+def _column_blocks(
+    preprocess: Any, numeric_index: dict[str, int], string_index: dict[str, int]
+) -> list[_Numeric | _Categorical]:
+    from sklearn.pipeline import Pipeline
+
     feature_names = [str(n) for n in getattr(preprocess, "feature_names_in_", [])]
     blocks: list[_Numeric | _Categorical] = []
     for name, transformer, columns in preprocess.transformers_:
@@ -305,9 +337,22 @@ def compile_pipeline(model: Any, schema: InputSchema | None) -> CompiledPipeline
             blocks.append(_categorical_block([string_index[n] for n in names], steps))
         else:
             raise Unsupported(f"transformer {name!r} mixes or misses columns {names}")
-    if _linear_parts(estimator) is None and not hasattr(estimator, "predict"):
-        raise Unsupported(f"estimator {type(estimator).__name__}")
-    return CompiledPipeline(schema, blocks, estimator)
+    return blocks
+
+
+def _all_numeric_block(
+    model: Any, steps: list[Any], numeric_index: dict[str, int], string_index: dict[str, int]
+) -> _Numeric:
+    """Every input column, in the order the model was fitted on, through ``steps``."""
+    if string_index:
+        raise Unsupported("string inputs without a ColumnTransformer")
+    fitted = getattr(model, "feature_names_in_", None)
+    names = [str(n) for n in fitted] if fitted is not None else list(numeric_index)
+    if sorted(names) != sorted(numeric_index):
+        raise Unsupported(f"fitted on columns {names[:5]}…, not the signature's")
+    # Pipeline allows None for a skipped step.
+    named = [("step", "passthrough" if step is None else step) for step in steps]
+    return _numeric_block([numeric_index[n] for n in names], named)
 
 
 def _column_names(columns: Any, feature_names: list[str]) -> list[str]:

@@ -249,7 +249,13 @@ def _check_rows(compiled: CompiledPipeline, example: list[Any] | None) -> list[d
     )
     for name in names:
         rows.append({**base, name: None})
-    return rows
+    # A null where nothing imputes it never reaches the compiled path (see CompiledPipeline).
+    unfilled = compiled.unfilled_names
+    return [row for row in rows if not any(_missing(row.get(n)) for n in unfilled)]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _compile_checked(

@@ -206,6 +206,10 @@ export PLATFORM_DB_URL=postgresql+psycopg2://mlops:$POSTGRES_PASSWORD@$host:5432
 export REDIS_URL=redis://:$REDIS_PASSWORD@$host:6379/0
 export AIRFLOW_URL=http://$host:8080 AIRFLOW_USERNAME=mlops AIRFLOW_PASSWORD
 unset MLOPS_HOME
+# The tests that SIGKILL a component (the trainer worker mid-job, the trainer API) do it through
+# compose and start it again, as an orchestrator would.
+printf -v E2E_COMPOSE '%q ' "${COMPOSE[@]}"
+export E2E_COMPOSE
 # Tests that start an extra inference process on this host and point an Airflow connection at it:
 # it must listen where the Airflow worker container can reach it, and the connection must name
 # the host as containers see it (compose.yaml maps host.docker.internal on the Airflow worker).

@@ -3,13 +3,17 @@
 By default a fresh stack is started in a temporary state directory and stopped at the end.
 Set E2E_STACK=external to test a running stack (local or compose) instead; its URLs and S3
 credentials are then read from the environment (`eval "$(uv run mlops env)"` prints them).
+The tests that kill a component need to reach what restarts it: MLOPS_HOME for a local stack
+(its supervisor), or E2E_COMPOSE, the compose command line of a compose stack.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +46,21 @@ class StackUrls:
     @property
     def inference(self) -> str:
         return self.env["INFERENCE_URL"]
+
+    def kill(self, component: str) -> None:
+        """SIGKILL one component, as a crash would; what runs the stack brings it back."""
+        if self.home is not None:
+            state = json.loads((self.home / "run" / "state.json").read_text())
+            os.killpg(int(state["components"][component]["pid"]), signal.SIGKILL)
+            return  # the supervisor restarts it
+        compose = self.env.get("E2E_COMPOSE")
+        if not compose:
+            pytest.skip("set MLOPS_HOME (local stack) or E2E_COMPOSE (compose) to kill components")
+        command = shlex.split(compose)
+        subprocess.run([*command, "kill", "--signal", "SIGKILL", component], check=True)
+        # Docker's restart policy does not apply to a container killed through its API, so
+        # compose plays the supervisor's part here.
+        subprocess.run([*command, "start", component], check=True)
 
     def s3(self) -> Any:
         return boto3.client(

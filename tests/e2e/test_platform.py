@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 from typing import Any
 
@@ -284,6 +282,32 @@ def test_open_inference_protocol_v2_matches_predict(stack: StackUrls, http: http
     assert bad.status_code == 422 and isinstance(bad.json()["error"], str)
 
 
+def test_tritonclient_talks_to_inference_unchanged(stack: StackUrls, http: httpx.Client) -> None:
+    """NVIDIA's V2 client, with its defaults (binary tensors both ways), over real HTTP."""
+    import tritonclient.http as triton
+
+    rows = load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).head(6)
+    url = httpx.URL(stack.inference)
+    client = triton.InferenceServerClient(url=f"{url.host}:{url.port}", connection_timeout=10.0)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("demo")
+        metadata = client.get_model_metadata("demo")
+        assert [i["name"] for i in metadata["inputs"]] == list(rows.columns)
+        inputs = []
+        for column in rows.columns:
+            tensor = triton.InferInput(column, [len(rows), 1], "FP64")
+            tensor.set_data_from_numpy(rows[[column]].to_numpy(dtype=np.float64))
+            inputs.append(tensor)
+        result = client.infer("demo", inputs, request_id="triton-e2e")
+    finally:
+        client.close()
+    plain = http.post(f"{stack.inference}/predict", json={"instances": rows_of(rows)}).json()
+    assert result.get_response()["id"] == "triton-e2e"
+    assert result.as_numpy("predict").tolist() == plain["predictions"]
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), plain["probabilities"])
+
+
 def test_every_service_exposes_prometheus_metrics(stack: StackUrls, http: httpx.Client) -> None:
     http.get(f"{stack.inference}/model-info")
     for url in (stack.trainer, stack.gateway, stack.inference):
@@ -299,15 +323,7 @@ def test_every_service_exposes_prometheus_metrics(stack: StackUrls, http: httpx.
 
 
 # ---- jobs survive restarts ----------------------------------------------------------------------
-def _component_pid(stack: StackUrls, name: str) -> int:
-    assert stack.home is not None
-    state = json.loads((stack.home / "run" / "state.json").read_text())
-    return int(state["components"][name]["pid"])
-
-
 def test_a_job_survives_its_worker_being_killed(stack: StackUrls, http: httpx.Client) -> None:
-    if stack.home is None:
-        pytest.skip("needs the local stack's supervisor to kill and restart the worker")
     body = {
         "model_name": "e2e-slow",
         "dataset": {"builtin": "digits"},
@@ -318,17 +334,15 @@ def test_a_job_survives_its_worker_being_killed(stack: StackUrls, http: httpx.Cl
     assert wait_until(
         lambda: http.get(f"{stack.trainer}/v1/jobs/{job_id}").json()["status"] == "running", 60
     )
-    os.killpg(_component_pid(stack, "trainer-worker"), signal.SIGKILL)
+    stack.kill("trainer-worker")
     final = wait_for_job(http, stack, job_id, timeout_s=300)
     assert final["status"] == "succeeded", final["error"]
     assert final["attempts"] == 2
 
 
 def test_jobs_survive_an_api_restart(stack: StackUrls, http: httpx.Client) -> None:
-    if stack.home is None:
-        pytest.skip("needs the local stack's supervisor to restart the API")
     job = train(http, stack, {"model_name": "e2e-iris", "dataset": {"builtin": "iris"}})
-    os.killpg(_component_pid(stack, "trainer"), signal.SIGKILL)
+    stack.kill("trainer")
 
     def back() -> bool:
         return http.get(f"{stack.trainer}/v1/jobs/{job['job_id']}").json()["status"] == "succeeded"

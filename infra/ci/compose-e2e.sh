@@ -141,6 +141,7 @@ else
     COMPOSE=("${compose_bins[0]}")
 fi
 "${COMPOSE[@]}" version
+compose_cmd=("${COMPOSE[@]}")
 
 # ---- images ---------------------------------------------------------------------------------------
 if [ "$MODE" = local ]; then
@@ -154,6 +155,13 @@ else
     phase "build images"
     bash infra/docker/build-images.sh
     COMPOSE+=(-p "$PROJECT" -f infra/compose/compose.yaml)
+fi
+if [ "${DOCKER_HOST:-}" = "unix://$ENGINE_SOCKET" ]; then
+    # This engine and its data root are ours alone: drop the images a rebuild replaced and keep
+    # the build cache (uv's cache mount among it) bounded, or every run with changed code would
+    # add gigabytes to the data root.
+    docker image prune -f >/dev/null
+    docker builder prune -f --keep-storage "${COMPOSE_E2E_BUILD_CACHE:-8GB}" >/dev/null 2>&1 || true
 fi
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^(localhost/mlops|mlops-base)/' | grep -v ':latest ' || true
 
@@ -170,6 +178,9 @@ if [ "${#busy[@]}" -gt 0 ]; then
         "or set COMPOSE_E2E_BIND_ADDRESS=127.0.0.2)" >&2
     exit 1
 fi
+# The file users run alone (with a registry) must be valid as well as the local combination.
+"${compose_cmd[@]}" -p "$PROJECT" --env-file "$env_file" -f infra/compose/compose.yaml config -q
+"${COMPOSE[@]}" config -q
 stack_up=1
 if ! "${COMPOSE[@]}" up -d --wait --wait-timeout "$WAIT_TIMEOUT" --quiet-pull; then
     echo "the stack did not become healthy:" >&2

@@ -57,6 +57,7 @@ from report import (
     text_table,
 )
 from servers import (
+    SERVER_LABELS,
     Launch,
     Processes,
     Server,
@@ -482,6 +483,14 @@ def bench_model(
                     )
                     time.sleep(args.pause)
         checks[model.name]["servers"] = {s.key: s.details for s in servers}
+        # After the load: what each server holds once it has served every cell.
+        checks[model.name]["memory_mib"] = {s.key: s.process.memory() for s in servers}
+        for server in servers:
+            usage = checks[model.name]["memory_mib"][server.key]
+            log(
+                f"model {model.name}: {server.key} memory after load: PSS {usage['pss']:.0f} MiB"
+                f" over {usage['processes']:.0f} process(es), peak RSS {usage['peak_rss']:.0f} MiB"
+            )
         log(f"model {model.name}: stopping its servers")
 
 
@@ -593,6 +602,27 @@ def render_markdown(
         "",
         markdown_table(DETAIL_HEADER, detail),
     ]
+    memory = [
+        [
+            SERVER_LABELS.get(key, key),
+            name,
+            f"{usage['pss']:,.0f}",
+            f"{usage['processes']:.0f}",
+            f"{usage['peak_rss']:,.0f}",
+        ]
+        for name, check in result["checks"].items()
+        for key, usage in check.get("memory_mib", {}).items()
+    ]
+    if memory:
+        lines += [
+            "",
+            "Memory after the load (the server's whole process group; MLServer's two "
+            "configurations share one process group):",
+            "",
+            markdown_table(
+                ["server", "model", "PSS MiB", "processes", "largest peak RSS MiB"], memory
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -51,6 +51,25 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def memory(self) -> dict[str, float]:
+        """Memory of the whole process group (the server and any workers it forked), in MiB.
+
+        ``pss``: proportional set size summed over the group (shared pages counted once);
+        ``rss``: resident set size summed; ``peak_rss``: the largest process's lifetime peak.
+        """
+        totals = {"pss": 0.0, "rss": 0.0, "peak_rss": 0.0, "processes": 0.0}
+        for pid in _group_members(self.popen.pid):
+            try:
+                status = _kib_fields(Path(f"/proc/{pid}/status"), ("VmRSS", "VmHWM"))
+                rollup = _kib_fields(Path(f"/proc/{pid}/smaps_rollup"), ("Pss",))
+            except OSError:  # exited meanwhile
+                continue
+            totals["pss"] += rollup.get("Pss", 0) / 1024
+            totals["rss"] += status.get("VmRSS", 0) / 1024
+            totals["peak_rss"] = max(totals["peak_rss"], status.get("VmHWM", 0) / 1024)
+            totals["processes"] += 1
+        return {key: round(value, 1) for key, value in totals.items()}
+
     def stop(self, grace_s: float = 10.0) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
@@ -65,6 +84,30 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self._log_file.close()
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The comm field may hold spaces and parentheses: split after its closing one.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # state, ppid, pgrp, ...
+            members.append(int(entry.name))
+    return members
+
+
+def _kib_fields(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in names:
+            values[key] = int(rest.split()[0])
+    return values
 
 
 @dataclass

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -235,3 +236,35 @@ async def test_predict_and_model_info_are_503_before_a_model_is_loaded(service: 
     assert response.headers["retry-after"]
     assert "no model loaded" in response.json()["error"]["message"]
     assert info.status_code == 503
+
+
+async def test_a_body_over_the_size_limit_is_a_413_on_every_route(
+    service: Any, gateway: Any
+) -> None:
+    big = json.dumps({"instances": _rows(40)}).encode()
+    assert len(big) > 2048
+
+    async def chunks() -> Any:
+        for start in range(0, len(big), 500):
+            yield big[start : start + 500]
+
+    gateway.set_alias("churn", 1)
+    async with service(max_body_bytes=2048) as svc:
+        await svc.manager.poll_once()
+        declared = await svc.post_raw("/predict", big)
+        streamed = await svc.client.post(
+            "/predict", content=chunks(), headers={"content-type": "application/json"}
+        )
+        v2 = await svc.post_raw("/v2/models/churn/infer", big)
+        small = await svc.post_json("/predict", {"instances": _rows(1)})
+    for response in (declared, streamed):
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert error["field"] == "body"
+        assert "INFERENCE_MAX_BODY_BYTES (2048 bytes" in error["message"]
+    # Refused from the declared length, or (no length: chunked) once 2048 bytes had arrived.
+    assert "Content-Length is" in declared.json()["error"]["message"]
+    assert "more than 2048 bytes arrived" in streamed.json()["error"]["message"]
+    assert v2.status_code == 413
+    assert v2.json()["error"].startswith("body: ")
+    assert small.status_code == 200

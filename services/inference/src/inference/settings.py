@@ -34,6 +34,8 @@ class InferenceSettings(ServiceSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     s3: S3Settings = Field(default_factory=from_env(S3Settings))
     max_batch_rows: int = Field(default=10_000, ge=1)
+    # Bodies above this are refused (413) while they arrive, before they are buffered whole.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Serve supported pipelines through the compiled numpy path (checked against scikit-learn).
     fast_path: bool = True
     # Adaptive batching of concurrent requests: "auto" turns it on for models whose own

@@ -82,17 +82,19 @@ class _V2Route(APIRoute):
         async def route(request: Request) -> Response:
             if request.method != "POST":
                 return await handle(request)
+            # Read here, where a body over the size limit is rendered as a 413: FastAPI would turn
+            # an error while it reads the body into a 400. It reuses the bytes read here.
+            body = await request.body()
             header_length = request.headers.get(v2_binary.HEADER)
             if header_length is not None:
-                body = v2_binary.unpack_request(await request.body(), header_length)
+                body = v2_binary.unpack_request(body, header_length)
+            elif _is_json(request.headers.get("content-type", "")):
+                return await handle(request)
 
-                async def receive() -> dict[str, Any]:
-                    return {"type": "http.request", "body": body, "more_body": False}
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
 
-                request = Request(_as_json(request.scope), receive)
-            elif not _is_json(request.headers.get("content-type", "")):
-                request = Request(_as_json(request.scope), request.receive)
-            return await handle(request)
+            return await handle(Request(_as_json(request.scope), receive))
 
         return route
 

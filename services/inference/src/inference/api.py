@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from inference.body_limit import read_body
 from inference.deps import HandlerDep
 from inference.schema import (
     ErrorResponse,
@@ -43,7 +44,8 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 async def predict(request: Request, handler: HandlerDep) -> Response:
     # The raw body goes to the handler rather than through a pydantic model: this is the hot
     # path, and the handler validates every row against the model's own signature anyway.
-    prediction, model = await handler.predict_json(await request.body())
+    raw = await read_body(request, handler.max_body_bytes)
+    prediction, model = await handler.predict_json(raw)
     body: dict[str, Any] = {
         "predictions": prediction.predictions,
         "probabilities": prediction.probabilities,

@@ -18,7 +18,6 @@ from mlops_common.storage import ObjectStore
 
 from inference.api import router
 from inference.batching import Batcher
-from inference.body_limit import BodyLimit
 from inference.events import follow_alias_moves
 from inference.gateway import GatewayClient
 from inference.handler import PredictionHandler
@@ -86,6 +85,7 @@ def create_app(
                 batching=settings.batching,
                 batch_threshold_s=settings.batch_auto_threshold_ms / 1000,
                 max_queued_requests=settings.max_queued_requests,
+                max_body_bytes=settings.max_body_bytes,
             )
             install_inference_metrics(registry, active, handler, batcher)
             log.info(
@@ -105,7 +105,6 @@ def create_app(
     # Open Inference Protocol clients (tritonclient among them) read errors as one string.
     install_error_handlers(app, string_error_prefixes=("/v2/", "/v2"))
     registry = install_metrics(app, "inference")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(router)
     app.include_router(v2_router)
     return app

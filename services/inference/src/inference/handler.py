@@ -42,6 +42,7 @@ class PredictionHandler:
         batching: str = "auto",
         batch_threshold_s: float = 0.0005,
         max_queued_requests: int = 256,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._manager = manager
         self._max_batch_rows = max_batch_rows
@@ -49,6 +50,7 @@ class PredictionHandler:
         self._batching = batching
         self._batch_threshold_s = batch_threshold_s
         self._max_queued = max_queued_requests
+        self.max_body_bytes = max_body_bytes
         self._in_threads = 0
         # Called with the reason whenever a request is turned away because the service is full.
         self.on_overload: Any = None

@@ -28,6 +28,7 @@ from fastapi.routing import APIRoute
 from mlops_common.errors import NotFound, ServiceUnavailable, Unprocessable
 
 from inference import v2_binary
+from inference.body_limit import read_body
 from inference.deps import HandlerDep
 from inference.handler import PredictionHandler
 from inference.model import Prediction, ServedModel
@@ -82,14 +83,13 @@ class _V2Route(APIRoute):
         async def route(request: Request) -> Response:
             if request.method != "POST":
                 return await handle(request)
-            # Read here, where a body over the size limit is rendered as a 413: FastAPI would turn
-            # an error while it reads the body into a 400. It reuses the bytes read here.
-            body = await request.body()
+            # Read here, where a body over the size limit is a 413: FastAPI would turn an error
+            # while it reads the body into a 400.
+            handler: PredictionHandler = request.app.state.handler
+            body = await read_body(request, handler.max_body_bytes)
             header_length = request.headers.get(v2_binary.HEADER)
             if header_length is not None:
                 body = v2_binary.unpack_request(body, header_length)
-            elif _is_json(request.headers.get("content-type", "")):
-                return await handle(request)
 
             async def receive() -> dict[str, Any]:
                 return {"type": "http.request", "body": body, "more_body": False}
@@ -97,10 +97,6 @@ class _V2Route(APIRoute):
             return await handle(Request(_as_json(request.scope), receive))
 
         return route
-
-
-def _is_json(content_type: str) -> bool:
-    return content_type.split(";", 1)[0].strip().lower().endswith("json")
 
 
 def _as_json(scope: Any) -> dict[str, Any]:

@@ -540,6 +540,17 @@ async def test_tritonclient_defaults_binary_tensors_both_ways(
     np.testing.assert_allclose(mixed.as_numpy("predict_proba"), pipeline.predict_proba(frame))
 
 
+def _binary_header(name: str, datatype: str, size: int) -> bytes:
+    """The JSON part of a binary-data request with one [1] input of ``size`` bytes."""
+    tensor = {
+        "name": name,
+        "shape": [1],
+        "datatype": datatype,
+        "parameters": {"binary_data_size": size},
+    }
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
 @pytest.mark.parametrize(
     ("header_length", "tail", "field", "message"),
     [
@@ -555,18 +566,7 @@ async def test_broken_binary_bodies_are_a_422_naming_the_field(
     service: Any, gateway: Any, header_length: str | None, tail: bytes, field: str, message: str
 ) -> None:
     size = 7 if "whole number" in message else 8
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "age",
-                    "shape": [1],
-                    "datatype": "FP64",
-                    "parameters": {"binary_data_size": size},
-                }
-            ]
-        }
-    ).encode()
+    header = _binary_header("age", "FP64", size)
     headers = {"Inference-Header-Content-Length": header_length or str(len(header))}
     gateway.set_alias("churn", 1)
     async with service() as svc:
@@ -580,18 +580,7 @@ async def test_broken_binary_bodies_are_a_422_naming_the_field(
 
 async def test_binary_strings_must_be_utf8(service: Any, gateway: Any) -> None:
     blob = (2).to_bytes(4, "little") + b"\xff\xfe"
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "city",
-                    "shape": [1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(blob)},
-                }
-            ]
-        }
-    ).encode()
+    header = _binary_header("city", "BYTES", len(blob))
     headers = {"Inference-Header-Content-Length": str(len(header))}
     gateway.set_alias("churn", 1)
     async with service() as svc:

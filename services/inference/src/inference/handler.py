@@ -22,6 +22,7 @@ from inference.validation import build_frame, check_batch_size
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 # Up to this many rows (or bytes of body) are decoded on the event loop (a fraction of a
@@ -66,11 +67,7 @@ class PredictionHandler:
         model = self._require_model()
         fast = model.fast
         if fast is not None:
-            decoded = (
-                fast.decode_json(raw)
-                if len(raw) <= INLINE_BYTES
-                else await self._in_thread(fast.decode_json, raw)
-            )
+            decoded = await self._in_thread_if(len(raw) > INLINE_BYTES, fast.decode_json, raw)
             if decoded is not None:
                 self._check_row_count(decoded.rows)
                 return await self._predict_decoded(model, fast, decoded), model
@@ -88,11 +85,8 @@ class PredictionHandler:
         model = self._require_model()
         fast = model.fast
         if fast is not None:
-            decoded = (
-                fast.decode(instances)
-                if len(instances) <= INLINE_ROWS
-                else await self._in_thread(fast.decode, instances)
-            )
+            large = len(instances) > INLINE_ROWS
+            decoded = await self._in_thread_if(large, fast.decode, instances)
             if decoded is not None:
                 return await self._predict_decoded(model, fast, decoded), model
         # Anything the compiled path does not take (or no compiled path): the full validator,
@@ -110,11 +104,7 @@ class PredictionHandler:
     async def _predict_decoded(
         self, model: ServedModel, fast: CompiledPipeline, decoded: Decoded
     ) -> Prediction:
-        x = (
-            fast.transform(decoded)
-            if decoded.rows <= INLINE_ROWS
-            else await self._in_thread(fast.transform, decoded)
-        )
+        x = await self._in_thread_if(decoded.rows > INLINE_ROWS, fast.transform, decoded)
         predictions, probabilities = await self._score_matrix(model, fast, x)
         return model.as_prediction(predictions, probabilities)
 
@@ -135,6 +125,10 @@ class PredictionHandler:
         if model.call_cost_s * max(1, x.shape[0] / 32) < INLINE_COST_S:
             return fast.predict_matrix(x)
         return await self._in_thread(fast.predict_matrix, x)
+
+    async def _in_thread_if(self, large: bool, func: Callable[[A], T], arg: A) -> T:
+        """``func(arg)`` on the event loop, or in a thread when the input is large."""
+        return await self._in_thread(func, arg) if large else func(arg)
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         if self._in_threads >= self._max_queued:

@@ -95,9 +95,9 @@ def stack(request: pytest.FixtureRequest) -> Iterator[StackUrls]:
         home = os.environ.get("MLOPS_HOME")
         yield StackUrls(dict(os.environ), Path(home) if home else None)
         return
-    home = Path(tempfile.mkdtemp(prefix="mlops-e2e-"))
-    # PostgreSQL runs as an unprivileged user when we are root: it must reach its data dir.
-    home.chmod(0o755)
+    # mkdtemp makes a private (0700) folder: as root (CI), this is also the test that the stack
+    # starts below a directory its PostgreSQL user could not traverse on its own.
+    home = Path(tempfile.mkdtemp(prefix="mlops-e2e-")) / "state"
     capture = request.config.pluginmanager.getplugin("capturemanager")
     try:
         # Show `up`'s progress lines as they come: starting the stack takes about a minute.
@@ -111,7 +111,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[StackUrls]:
         result = _mlops(home, "down", check=False)
         print(result.stdout)
         if os.environ.get("E2E_KEEP_STATE") != "1":
-            shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(home.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import psutil
 from mlops_stack.components import Stack
 from mlops_stack.config import Paths, StackSecrets, StackSettings
 from mlops_stack.demo import ensure_demo_model
-from mlops_stack.state import StackState, pid_alive
+from mlops_stack.state import StackState, pid_alive, tail
 
 
 def _out(line: str = "") -> None:
@@ -139,7 +139,7 @@ class Cli:
         failed = [c for c in state.components.values() if c.status == "failed"]
         for comp in failed:
             _out(f"--- last lines of {self.paths.log(comp.name)} ---")
-            _out(_tail(self.paths.log(comp.name), 25))
+            _out(tail(self.paths.log(comp.name), 25))
 
     # ---- down / status / logs / env -----------------------------------------------------------
     def down(self) -> int:
@@ -196,7 +196,7 @@ class Cli:
             return 1
         if follow:
             return subprocess.call(["tail", "-n", str(lines), "-F", str(path)])
-        _out(_tail(path, lines))
+        _out(tail(path, lines))
         return 0
 
     def env(self) -> int:
@@ -222,17 +222,6 @@ def _serving(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 256 * 1024))
-            return b"\n".join(fh.read().splitlines()[-lines:]).decode(errors="replace")
-    except FileNotFoundError:
-        return ""
 
 
 def _shell_quote(value: str) -> str:

@@ -18,10 +18,43 @@ from typing import Any
 import httpx
 
 from mlops_stack import binaries
+from mlops_stack.access import grant_path
 from mlops_stack.config import Paths, StackSecrets, StackSettings
 
 PLATFORM_DATABASES = ("airflow", "mlflow_db", "platform")
 BUCKETS = ("mlflow", "data")
+ERROR_TAIL_LINES = 20
+
+
+class StepFailed(RuntimeError):
+    """A preparation step of a component failed; the message carries the step's own output."""
+
+
+def run_step(
+    what: str, command: list[str], log: Path, *, tail: int = ERROR_TAIL_LINES, **kwargs: Any
+) -> None:
+    """Run a one-time step (initdb, a migration) with its output appended to the component's log.
+
+    On failure the last lines of that output are in the exception's message, so whoever reads
+    the error (``mlops up``, the state file) sees the tool's own explanation.
+    """
+    result = subprocess.run(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, **kwargs
+    )
+    output = result.stdout.decode(errors="replace").rstrip()
+    with open(log, "a") as fh:
+        fh.write(f"[mlops] {what}: {' '.join(command[:2])} ...\n")
+        if output:
+            fh.write(output + "\n")
+        fh.write(f"[mlops] {what}: exit code {result.returncode}\n")
+    if result.returncode != 0:
+        last = "\n".join(output.splitlines()[-tail:]) or "(no output)"
+        raise StepFailed(f"{what} failed with exit code {result.returncode}:\n{last}")
+
+
+def note(log: Path, line: str) -> None:
+    with open(log, "a") as fh:
+        fh.write(f"[mlops] {line}\n")
 
 
 @dataclass
@@ -143,21 +176,28 @@ class Stack:
         user = binaries.unprivileged_user()
 
         def prepare() -> None:
+            log = self.paths.log("postgres")
             sockets.mkdir(parents=True, exist_ok=True)
-            if (data / "PG_VERSION").exists():
-                if user:
-                    _chown_tree(sockets, user)
-                return
             data.mkdir(parents=True, exist_ok=True)
+            if user:
+                # As root the server runs as `user`, who must reach both folders (even below a
+                # private parent such as root's home) and own them.
+                for folder in grant_path(data, user) + grant_path(sockets, user):
+                    note(log, f"granted {user.pw_name} search (x) on {folder} (POSIX ACL)")
+                data.chmod(0o700)
+                _chown_tree(sockets, user)
+            if (data / "PG_VERSION").exists():
+                return
             pwfile = self.paths.run / "pg.pw"
             fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(self.secrets.postgres_password)
             if user:
-                for path in (data, sockets, pwfile):
+                for path in (data, pwfile):
                     _chown_tree(path, user)
             try:
-                subprocess.run(
+                run_step(
+                    "initdb",
                     [
                         str(bindir / "initdb"),
                         "-D",
@@ -172,8 +212,7 @@ class Stack:
                         "UTF8",
                         "--no-instructions",
                     ],
-                    check=True,
-                    capture_output=True,
+                    log,
                     user=user.pw_uid if user else None,
                     group=user.pw_gid if user else None,
                 )
@@ -539,11 +578,11 @@ class Stack:
             fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump({self.secrets.airflow_username: self.secrets.airflow_password}, fh)
-            subprocess.run(
+            run_step(
+                "airflow db migrate",
                 [airflow, "db", "migrate"],
+                self.paths.log("airflow-api"),
                 env={**os.environ, **env},
-                check=True,
-                capture_output=True,
                 cwd=home,
             )
 

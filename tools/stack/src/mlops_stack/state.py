@@ -58,3 +58,14 @@ def pid_alive(pid: int | None) -> bool:
             return fh.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return True
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file (reads at most its last 256 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 256 * 1024))
+            return b"\n".join(fh.read().splitlines()[-lines:]).decode(errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -19,7 +19,7 @@ from typing import IO
 
 from mlops_stack.components import Component, Stack
 from mlops_stack.config import Paths, StackSecrets, StackSettings
-from mlops_stack.state import ComponentState, StackState, pid_alive
+from mlops_stack.state import ComponentState, StackState, pid_alive, tail
 
 log = logging.getLogger("mlops.supervisor")
 
@@ -84,7 +84,11 @@ class Supervisor:
         proc = self.procs[comp.name]
         while time.monotonic() < deadline and not self.stopping:
             if proc.poll() is not None:
-                raise StartFailed(f"{comp.name} exited with code {proc.returncode} while starting")
+                last = tail(self.paths.log(comp.name), 15)
+                raise StartFailed(
+                    f"{comp.name} exited with code {proc.returncode} while starting"
+                    + (f"; its last output:\n{last}" if last else "")
+                )
             if comp.healthy():
                 return
             time.sleep(0.3)
@@ -146,6 +150,8 @@ class Supervisor:
             )
             if name:
                 self._set(name, "failed", str(exc))
+                with open(self.paths.log(name), "a") as fh:
+                    fh.write(f"[mlops] start-up failed: {exc}\n")
             log.error("start failed: %s", exc)
             self.stop_all()
             self._phase("failed", str(exc))

@@ -30,6 +30,10 @@ class PlatformError(Exception):
         self.field = field
         self.details = details
 
+    def headers(self) -> dict[str, str] | None:
+        """Response headers this error needs (``Retry-After``, ``WWW-Authenticate``)."""
+        return {"Retry-After": "1"} if self.status_code == 503 else None
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field is not None:
@@ -42,6 +46,30 @@ class PlatformError(Exception):
 class BadRequest(PlatformError):
     status_code = 400
     code = "bad_request"
+
+
+class Unauthorized(PlatformError):
+    """No credentials, or credentials that are not (or no longer) valid."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        super().__init__(message, field="Authorization")
+        self.invalid_token = invalid_token
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6750: say which scheme to use; name the error when a token was sent and refused.
+        if self.invalid_token:
+            return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(PlatformError):
+    """Valid credentials without the scope (or the model) the request needs."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(PlatformError):
@@ -104,8 +132,7 @@ def install_error_handlers(app: FastAPI, *, string_error_prefixes: tuple[str, ..
 
     @app.exception_handler(PlatformError)
     async def _platform_error(request: Request, exc: PlatformError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-        return render(request, exc.status_code, exc.to_dict()["error"], headers)
+        return render(request, exc.status_code, exc.to_dict()["error"], exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

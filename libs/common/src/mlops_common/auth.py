@@ -209,13 +209,14 @@ class TokenStore:
         check_models(models)
         secret = token or new_token()
         now = datetime.now(UTC)
+        expires_at = now + expires_in if expires_in else None
         values = {
             "name": name,
             "token_sha256": token_hash(secret),
             "scopes": " ".join(chosen),
             "models": models,
             "created_at": now,
-            "expires_at": now + expires_in if expires_in else None,
+            "expires_at": expires_at,
         }
         with self.engine.begin() as conn:
             taken = conn.execute(
@@ -224,7 +225,7 @@ class TokenStore:
             if taken is not None:
                 raise Conflict(f"a token named {name!r} exists; revoke it first", field="name")
             conn.execute(api_tokens.insert().values(**values))
-        return secret, TokenInfo(name, chosen, models, now, values["expires_at"], None, None)
+        return secret, TokenInfo(name, chosen, models, now, expires_at, None, None)
 
     def ensure(self, name: str, token: str, scopes: Iterable[str], models: str = "*") -> None:
         """Make ``name`` hold exactly this secret and scopes (the stack's own service tokens).

@@ -14,6 +14,8 @@ import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
 from fastapi.testclient import TestClient
+from mlops_common.auth import TokenStore
+from mlops_common.auth import metadata as auth_metadata
 from mlops_common.settings import DatabaseSettings, MLflowSettings, S3Settings
 from mlops_common.storage import S3Uri
 from model_gateway.app import create_app
@@ -21,6 +23,9 @@ from model_gateway.db import metadata
 from model_gateway.settings import GatewaySettings
 
 API = "/api/2.0/mlflow"
+# A token of the right shape that the fixtures store with the admin scope.
+ADMIN_TOKEN = "mlops_" + "a" * 43
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 SKLEARN_MLMODEL = """\
 artifact_path: model
@@ -336,6 +341,8 @@ def db_url(tmp_path: Path) -> str:
 def engine(db_url: str) -> Iterator[sa.Engine]:
     eng = sa.create_engine(db_url)
     metadata.create_all(eng)
+    auth_metadata.create_all(eng)
+    TokenStore(eng).ensure("test-admin", ADMIN_TOKEN, ["admin"])
     yield eng
     eng.dispose()
 
@@ -350,8 +357,14 @@ def client(
         store=store,
         engine=engine,
     )
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=AUTH) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    """Headers of the admin token the ``engine`` fixture stores."""
+    return dict(AUTH)
 
 
 def audit_rows(engine: sa.Engine) -> list[dict[str, Any]]:

@@ -28,7 +28,8 @@ def test_move_alias_changes_holder_and_writes_audit_row(
     assert body["version"] == 3
     assert body["previous_version"] == 2
     assert body["moved"] is True
-    assert body["actor"] == "alice"
+    # The token is the actor; the header is only a note of whom the caller acts for.
+    assert (body["actor"], body["on_behalf_of"]) == ("test-admin", "alice")
     assert datetime.fromisoformat(body["moved_at"]).tzinfo is not None
     assert registry.models["iris"]["aliases"]["champion"] == 3
     assert registry.posted == [{"name": "iris", "alias": "champion", "version": "3"}]
@@ -40,19 +41,24 @@ def test_move_alias_changes_holder_and_writes_audit_row(
         2,
         3,
     )
-    assert (row["actor"], row["reason"]) == ("alice", "better f1")
+    assert (row["actor"], row["on_behalf_of"], row["reason"]) == (
+        "test-admin",
+        "alice",
+        "better f1",
+    )
 
     assert client.get("/v1/models/iris/aliases/champion").json()["version"] == 3
 
 
-def test_new_alias_has_no_previous_version_and_actor_defaults_to_client(
+def test_new_alias_has_no_previous_version_and_the_token_is_the_actor(
     client: TestClient, registry: Any, rows: Any
 ) -> None:
     response = client.put("/v1/models/iris/aliases/staging", json={"version": "1"})
 
     assert response.status_code == 200
     assert response.json()["previous_version"] is None
-    assert response.json()["actor"] == "client:testclient"
+    assert response.json()["actor"] == "test-admin"
+    assert response.json()["on_behalf_of"] is None
     assert registry.models["iris"]["aliases"]["staging"] == 1
     assert rows()[0]["from_version"] is None
 
@@ -190,19 +196,19 @@ def test_history_is_newest_first_and_filtered_by_alias(client: TestClient) -> No
 
     champion = client.get("/v1/models/iris/aliases/champion/history").json()
     assert champion["name"] == "iris"
-    assert [(r["from_version"], r["to_version"], r["actor"]) for r in champion["records"]] == [
-        (3, 1, "bob"),
-        (2, 3, "alice"),
-    ]
+    assert [
+        (r["from_version"], r["to_version"], r["on_behalf_of"]) for r in champion["records"]
+    ] == [(3, 1, "bob"), (2, 3, "alice")]
+    assert {r["actor"] for r in champion["records"]} == {"test-admin"}
     assert champion["records"][0]["reason"] == "to 1"
     assert champion["records"][0]["moved_at"] >= champion["records"][1]["moved_at"]
 
     audit = client.get("/v1/models/iris/audit").json()
-    assert [r["actor"] for r in audit["records"]] == ["carol", "bob", "alice"]
+    assert [r["on_behalf_of"] for r in audit["records"]] == ["carol", "bob", "alice"]
     assert audit["records"][0]["alias"] == "challenger"
 
     limited = client.get("/v1/models/iris/audit", params={"limit": 1}).json()
-    assert [r["actor"] for r in limited["records"]] == ["carol"]
+    assert [r["on_behalf_of"] for r in limited["records"]] == ["carol"]
 
     assert client.get("/v1/models/other/audit").json() == {"name": "other", "records": []}
 

@@ -103,9 +103,11 @@ def metric(client: TestClient, line_start: str) -> float:
 # -- the handler publishes committed moves ----------------------------------------------------
 
 
-def test_move_publishes_one_event_with_the_move(build_app: Any, engine: sa.Engine) -> None:
+def test_move_publishes_one_event_with_the_move(
+    auth: dict[str, str], build_app: Any, engine: sa.Engine
+) -> None:
     publisher = FakePublisher()
-    with TestClient(build_app(engine=engine, publisher=publisher)) as client:
+    with TestClient(build_app(engine=engine, publisher=publisher), headers=auth) as client:
         response = client.put(
             "/v1/models/iris/aliases/champion", json={"version": 3}, headers={"X-Actor": "alice"}
         )
@@ -118,7 +120,8 @@ def test_move_publishes_one_event_with_the_move(build_app: Any, engine: sa.Engin
         "version": 3,
         "previous_version": 2,
         "moved_at": event["moved_at"],
-        "actor": "alice",
+        "actor": "test-admin",
+        "on_behalf_of": "alice",
     }
     assert datetime.fromisoformat(event["moved_at"]) == datetime.fromisoformat(
         response.json()["moved_at"]
@@ -126,18 +129,22 @@ def test_move_publishes_one_event_with_the_move(build_app: Any, engine: sa.Engin
     json.dumps(event)  # what goes on the wire
 
 
-def test_new_alias_publishes_null_previous_version(build_app: Any, engine: sa.Engine) -> None:
+def test_new_alias_publishes_null_previous_version(
+    auth: dict[str, str], build_app: Any, engine: sa.Engine
+) -> None:
     publisher = FakePublisher()
-    with TestClient(build_app(engine=engine, publisher=publisher)) as client:
+    with TestClient(build_app(engine=engine, publisher=publisher), headers=auth) as client:
         assert client.put("/v1/models/iris/aliases/staging", json={"version": 1}).status_code == 200
 
     [event] = publisher.events
     assert (event["alias"], event["version"], event["previous_version"]) == ("staging", 1, None)
 
 
-def test_noop_move_publishes_nothing(build_app: Any, engine: sa.Engine) -> None:
+def test_noop_move_publishes_nothing(
+    auth: dict[str, str], build_app: Any, engine: sa.Engine
+) -> None:
     publisher = FakePublisher()
-    with TestClient(build_app(engine=engine, publisher=publisher)) as client:
+    with TestClient(build_app(engine=engine, publisher=publisher), headers=auth) as client:
         response = client.put("/v1/models/iris/aliases/champion", json={"version": 2})
         moves = metric(client, "gateway_alias_moves_total{")
 
@@ -146,9 +153,11 @@ def test_noop_move_publishes_nothing(build_app: Any, engine: sa.Engine) -> None:
     assert moves == 0
 
 
-def test_failed_or_refused_move_publishes_nothing(build_app: Any, engine: sa.Engine) -> None:
+def test_failed_or_refused_move_publishes_nothing(
+    auth: dict[str, str], build_app: Any, engine: sa.Engine
+) -> None:
     publisher = FakePublisher()
-    with TestClient(build_app(engine=engine, publisher=publisher)) as client:
+    with TestClient(build_app(engine=engine, publisher=publisher), headers=auth) as client:
         assert (
             client.put("/v1/models/iris/aliases/champion", json={"version": 9}).status_code == 404
         )
@@ -158,10 +167,15 @@ def test_failed_or_refused_move_publishes_nothing(build_app: Any, engine: sa.Eng
 
 
 def test_failing_publisher_does_not_fail_the_move(
-    build_app: Any, engine: sa.Engine, registry: Any, rows: Any, caplog: pytest.LogCaptureFixture
+    auth: dict[str, str],
+    build_app: Any,
+    engine: sa.Engine,
+    registry: Any,
+    rows: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     publisher = FakePublisher(fail=ConnectionError("redis is down"))
-    with TestClient(build_app(engine=engine, publisher=publisher)) as client:
+    with TestClient(build_app(engine=engine, publisher=publisher), headers=auth) as client:
         response = client.put("/v1/models/iris/aliases/champion", json={"version": 3})
         failed = metric(client, "gateway_alias_events_failed_total ")
         resolved = client.get("/v1/models/iris/aliases/champion").json()
@@ -212,10 +226,10 @@ def test_redis_publisher_raises_when_redis_is_unreachable() -> None:
 
 
 def test_app_publishes_through_redis_when_configured(
-    build_app: Any, engine: sa.Engine, fake_redis: FakeRedisServer
+    auth: dict[str, str], build_app: Any, engine: sa.Engine, fake_redis: FakeRedisServer
 ) -> None:
     app = build_app(engine=engine, redis_url=f"redis://127.0.0.1:{fake_redis.port}/0")
-    with TestClient(app) as client:
+    with TestClient(app, headers=auth) as client:
         response = client.put(
             "/v1/models/iris/aliases/champion", json={"version": 1}, headers={"X-Actor": "ci"}
         )
@@ -230,16 +244,16 @@ def test_app_publishes_through_redis_when_configured(
         1,
         2,
     )
-    assert event["actor"] == "ci"
+    assert (event["actor"], event["on_behalf_of"]) == ("test-admin", "ci")
 
 
 def test_app_moves_alias_quickly_when_redis_is_down(
-    build_app: Any, engine: sa.Engine, registry: Any
+    auth: dict[str, str], build_app: Any, engine: sa.Engine, registry: Any
 ) -> None:
     app = build_app(
         engine=engine, redis_url=f"redis://127.0.0.1:{closed_port()}/0", redis_timeout_s=0.5
     )
-    with TestClient(app) as client:
+    with TestClient(app, headers=auth) as client:
         started = time.monotonic()
         response = client.put("/v1/models/iris/aliases/champion", json={"version": 3})
         elapsed = time.monotonic() - started

@@ -29,10 +29,12 @@ def test_health_503_when_mlflow_errors(client: TestClient, registry: Any) -> Non
     assert client.get("/health").json()["mlflow"] == "error"
 
 
-def test_health_503_when_database_down(build_app: Any, tmp_path: Path) -> None:
+def test_health_503_when_database_down(
+    auth: dict[str, str], build_app: Any, tmp_path: Path
+) -> None:
     broken = sa.create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
 
-    with TestClient(build_app(engine=broken)) as client:
+    with TestClient(build_app(engine=broken), headers=auth) as client:
         response = client.get("/health")
         history = client.get("/v1/models/iris/audit")
 

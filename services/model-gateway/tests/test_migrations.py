@@ -7,8 +7,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
+from mlops_common.auth import TokenStore, api_tokens
 from mlops_common.db import migrate
-from model_gateway.db import MIGRATIONS_DIR, VERSION_TABLE, metadata
+from model_gateway.db import MIGRATIONS_DIR, VERSION_TABLE, alias_audit
 
 
 def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
@@ -18,6 +19,10 @@ def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
     migrate(url, MIGRATIONS_DIR, VERSION_TABLE)  # a second start finds the schema at head
 
     engine = sa.create_engine(url)
+    # The gateway's tables: its own and the token table it migrates for the platform.
+    schema = sa.MetaData()
+    for table in (alias_audit, api_tokens):
+        table.to_metadata(schema)
     try:
         inspector = sa.inspect(engine)
         columns = {c["name"]: c for c in inspector.get_columns("alias_audit")}
@@ -28,6 +33,7 @@ def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
             "from_version",
             "to_version",
             "actor",
+            "on_behalf_of",
             "reason",
             "moved_at",
         }
@@ -38,12 +44,12 @@ def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
         with engine.connect() as conn:
             version_table = sa.table(VERSION_TABLE, sa.column("version_num"))
             version = conn.execute(sa.select(version_table.c.version_num)).scalar()
-            assert version == "0001_alias_audit"
+            assert version == "0002_api_tokens"
             # The migration and the table the code writes to describe the same schema.
             assert (
                 compare_metadata(
                     MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}),
-                    metadata,
+                    schema,
                 )
                 == []
             )
@@ -51,10 +57,14 @@ def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_startup_migrates_and_serves_moves(build_app: Any, tmp_path: Path, registry: Any) -> None:
+def test_startup_migrates_and_serves_moves(
+    auth: dict[str, str], build_app: Any, tmp_path: Path, registry: Any
+) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
 
-    with TestClient(build_app(db_url=url, migrate_on_startup=True)) as client:
+    with TestClient(build_app(db_url=url, migrate_on_startup=True), headers=auth) as client:
+        token = auth["Authorization"].removeprefix("Bearer ")
+        TokenStore(sa.create_engine(url)).ensure("ci-admin", token, ["admin"])
         response = client.put(
             "/v1/models/iris/aliases/champion", json={"version": 1}, headers={"X-Actor": "ci"}
         )
@@ -62,7 +72,7 @@ def test_startup_migrates_and_serves_moves(build_app: Any, tmp_path: Path, regis
 
     assert response.status_code == 200
     assert [(r["from_version"], r["to_version"], r["actor"]) for r in history["records"]] == [
-        (2, 1, "ci")
+        (2, 1, "ci-admin")
     ]
 
 

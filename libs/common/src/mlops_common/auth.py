@@ -21,12 +21,21 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import sqlalchemy as sa
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from mlops_common.errors import Conflict, Forbidden, NotFound, Unauthorized
+from mlops_common.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 TOKEN_PREFIX = "mlops_"  # noqa: S105 - a prefix that makes leaked tokens findable, not a secret
 SCOPES: tuple[str, ...] = (
@@ -326,7 +335,13 @@ class TokenSource(Protocol):
 
 def database_source(store: TokenStore) -> TokenSource:
     async def lookup(token: str) -> Principal | None:
-        return await asyncio.to_thread(store.lookup, token)
+        try:
+            return await asyncio.to_thread(store.lookup, token)
+        except SQLAlchemyError as exc:
+            # Not the client's fault and not a verdict on the token: retry later.
+            raise ServiceUnavailable(
+                f"cannot check the token: the platform database failed ({type(exc).__name__})"
+            ) from exc
 
     return lookup
 
@@ -394,6 +409,11 @@ class TokenVerifier:
         self._cache[token] = (now + ttl, principal)
         return principal
 
+    def forget(self, name: str) -> None:
+        """Drop what is remembered about the tokens of ``name`` (after a local revocation)."""
+        for key in [k for k, (_, p) in self._cache.items() if p is not None and p.name == name]:
+            del self._cache[key]
+
     def _evict(self, now: float) -> None:
         for key in [k for k, (until, _) in self._cache.items() if until <= now]:
             del self._cache[key]
@@ -414,7 +434,37 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
+# Declares the scheme in the OpenAPI document (the docs' "Authorize" button); the header itself
+# is read by ``TokenVerifier`` so a malformed one gets the platform's own 401.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="An API token: `uv run mlops token create NAME --scope ...` or POST /v1/tokens",
+)
+
+
+def requires(scope: str, *, model_param: str | None = None) -> Callable[..., Awaitable[Principal]]:
+    """A FastAPI dependency: the request's principal, which must hold ``scope``.
+
+    With ``model_param``, the path parameter of that name is a model name the token must be
+    allowed to use. The app keeps its ``TokenVerifier`` on ``app.state.verifier``.
+    """
+
+    async def dependency(
+        request: Request,
+        _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> Principal:
+        verifier: TokenVerifier = request.app.state.verifier
+        principal = await verifier.verify(request.headers.get("authorization"))
+        model = request.path_params.get(model_param) if model_param else None
+        principal.require(scope, model)
+        return principal
+
+    return dependency
+
+
 __all__ = [
+    "BEARER",
     "SCOPES",
     "Principal",
     "TokenInfo",
@@ -428,5 +478,6 @@ __all__ = [
     "database_source",
     "new_token",
     "parse_duration",
+    "requires",
     "token_hash",
 ]

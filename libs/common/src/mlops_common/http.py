@@ -54,13 +54,20 @@ def make_async_client(
     retries: int = 3,
     headers: dict[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    auth: httpx.Auth | None = None,
+    bearer_token: str | None = None,
 ) -> httpx.AsyncClient:
+    """``bearer_token`` is sent as ``Authorization: Bearer`` on every request (service tokens)."""
     inner = transport or httpx.AsyncHTTPTransport()
+    all_headers = dict(headers or {})
+    if bearer_token:
+        all_headers["Authorization"] = f"Bearer {bearer_token}"
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
         transport=RetryingTransport(inner, retries=retries),
-        headers=headers,
+        headers=all_headers,
+        auth=auth,
     )
 
 

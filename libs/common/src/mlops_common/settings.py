@@ -7,10 +7,11 @@ so one ``mlops env`` configures every service the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, Self, TypeVar
 
-from pydantic import Field, SecretStr, model_validator
+import httpx
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["dev", "test", "prod"]
@@ -51,6 +52,15 @@ class MLflowSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLFLOW_", extra="ignore")
 
     tracking_uri: str = "http://127.0.0.1:5050"
+    # The names MLflow's own client reads, so one environment serves both.
+    tracking_username: str | None = None
+    tracking_password: SecretStr | None = None
+
+    def basic_auth(self) -> httpx.BasicAuth | None:
+        """Credentials for a tracking server running MLflow's basic-auth app, if configured."""
+        if not self.tracking_username or self.tracking_password is None:
+            return None
+        return httpx.BasicAuth(self.tracking_username, self.tracking_password.get_secret_value())
 
 
 class DatabaseSettings(BaseSettings):
@@ -74,8 +84,22 @@ def refuse_placeholder_secrets(environment: Environment, **secrets: SecretStr | 
             raise ValueError(f"{name} is a placeholder secret; set a real value for {environment}")
 
 
+def _secrets(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, SecretStr]]:
+    """Every ``SecretStr`` field set on ``model`` and the settings nested in it."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            yield f"{prefix}{name}", value
+        elif isinstance(value, BaseModel):
+            yield from _secrets(value, f"{prefix}{name}.")
+
+
 class ServiceSettings(BaseSettings):
-    """Fields every service has. Subclasses set ``env_prefix``."""
+    """Fields every service has. Subclasses set ``env_prefix``.
+
+    Outside dev and test, every secret setting (any ``SecretStr``, nested ones included) is
+    refused when it holds a placeholder such as ``changeme``.
+    """
 
     model_config = SettingsConfigDict(extra="ignore")
 
@@ -86,8 +110,6 @@ class ServiceSettings(BaseSettings):
     log_json: bool = False
 
     @model_validator(mode="after")
-    def _no_placeholder_s3_secret(self) -> Self:
-        s3 = getattr(self, "s3", None)
-        if isinstance(s3, S3Settings):
-            refuse_placeholder_secrets(self.environment, S3_SECRET_ACCESS_KEY=s3.secret_access_key)
+    def _no_placeholder_secrets(self) -> Self:
+        refuse_placeholder_secrets(self.environment, **dict(_secrets(self)))
         return self

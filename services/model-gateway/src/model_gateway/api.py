@@ -5,18 +5,26 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from mlops_common.auth import Principal, requires
 from mlops_common.errors import Unprocessable
 
 from model_gateway.handlers import GatewayHandler
 from model_gateway.schemas import (
     AliasMove,
     AuditHistory,
+    CreatedToken,
+    CreateTokenRequest,
     ErrorResponse,
     Health,
+    Introspection,
+    IntrospectRequest,
     ModelDetail,
     MoveAliasRequest,
     ResolvedAlias,
+    TokenList,
+    TokenView,
 )
+from model_gateway.tokens import TokensHandler
 
 MAX_ACTOR_LENGTH = 256
 
@@ -26,16 +34,22 @@ async def get_handler(request: Request) -> GatewayHandler:
     return cast(GatewayHandler, request.app.state.handler)
 
 
-async def get_actor(
-    request: Request,
+async def get_tokens(request: Request) -> TokensHandler:
+    return cast(TokensHandler, request.app.state.tokens)
+
+
+async def get_on_behalf_of(
     x_actor: Annotated[
-        str | None, Header(alias="X-Actor", description="Who moves the alias (audited)")
+        str | None,
+        Header(
+            alias="X-Actor",
+            description="Whom the caller acts for: kept beside the token's name, never instead",
+        ),
     ] = None,
-) -> str:
+) -> str | None:
     actor = (x_actor or "").strip()
     if not actor:
-        host = request.client.host if request.client else "unknown"
-        return f"client:{host}"
+        return None
     if len(actor) > MAX_ACTOR_LENGTH or not actor.isprintable():
         raise Unprocessable(
             f"X-Actor must be printable text of at most {MAX_ACTOR_LENGTH} characters",
@@ -45,13 +59,21 @@ async def get_actor(
 
 
 HandlerDep = Annotated[GatewayHandler, Depends(get_handler)]
-ActorDep = Annotated[str, Depends(get_actor)]
+TokensDep = Annotated[TokensHandler, Depends(get_tokens)]
+OnBehalfOf = Annotated[str | None, Depends(get_on_behalf_of)]
+ModelReader = Annotated[Principal, Depends(requires("models:read", model_param="name"))]
+ModelPromoter = Annotated[Principal, Depends(requires("models:promote", model_param="name"))]
+Admin = Annotated[Principal, Depends(requires("admin"))]
+Introspector = Annotated[Principal, Depends(requires("tokens:introspect"))]
 ModelName = Annotated[str, Path(description="Registered model name in MLflow")]
 AliasName = Annotated[str, Path(description="Alias such as champion or challenger")]
 Limit = Annotated[int, Query(ge=1, le=500, description="Most records to return")]
 
 _errors: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 422, 502)
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 502)
+}
+_auth_errors: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 403, 422)
 }
 
 router = APIRouter()
@@ -70,13 +92,15 @@ async def health(handler: HandlerDep, response: Response) -> Health:
 
 
 @router.get("/v1/models/{name}", responses=_errors)
-async def describe_model(name: ModelName, handler: HandlerDep) -> ModelDetail:
+async def describe_model(name: ModelName, handler: HandlerDep, _: ModelReader) -> ModelDetail:
     """The model's aliases and every version with its run metrics and params, newest first."""
     return await handler.describe_model(name)
 
 
 @router.get("/v1/models/{name}/aliases/{alias}", responses=_errors)
-async def resolve_alias(name: ModelName, alias: AliasName, handler: HandlerDep) -> ResolvedAlias:
+async def resolve_alias(
+    name: ModelName, alias: AliasName, handler: HandlerDep, _: ModelReader
+) -> ResolvedAlias:
     """Resolve ``name@alias`` to the model version's s3:// artifacts, flavor and signature."""
     return await handler.resolve(name, alias)
 
@@ -87,21 +111,60 @@ async def move_alias(
     alias: AliasName,
     body: Annotated[MoveAliasRequest, Body()],
     handler: HandlerDep,
-    actor: ActorDep,
+    principal: ModelPromoter,
+    on_behalf_of: OnBehalfOf,
 ) -> AliasMove:
-    """Point the alias at a version; every change is recorded in the audit table."""
-    return await handler.move_alias(name, alias, body.version, reason=body.reason, actor=actor)
+    """Point the alias at a version; every change is recorded in the audit table with the
+    token's name as the actor."""
+    return await handler.move_alias(
+        name,
+        alias,
+        body.version,
+        reason=body.reason,
+        actor=principal.name,
+        on_behalf_of=on_behalf_of,
+    )
 
 
 @router.get("/v1/models/{name}/aliases/{alias}/history", responses=_errors)
 async def alias_history(
-    name: ModelName, alias: AliasName, handler: HandlerDep, limit: Limit = 50
+    name: ModelName, alias: AliasName, handler: HandlerDep, _: ModelReader, limit: Limit = 50
 ) -> AuditHistory:
     """Moves of one alias, newest first."""
     return await handler.history(name, alias, limit)
 
 
 @router.get("/v1/models/{name}/audit", responses=_errors)
-async def model_audit(name: ModelName, handler: HandlerDep, limit: Limit = 50) -> AuditHistory:
+async def model_audit(
+    name: ModelName, handler: HandlerDep, _: ModelReader, limit: Limit = 50
+) -> AuditHistory:
     """Moves of every alias of the model, newest first."""
     return await handler.history(name, None, limit)
+
+
+@router.post("/v1/tokens", status_code=201, responses={**_auth_errors, 409: _errors[404]})
+async def create_token(body: CreateTokenRequest, tokens: TokensDep, admin: Admin) -> CreatedToken:
+    """Create a token; its secret is in this response only (the platform keeps a hash)."""
+    return await tokens.create(body, admin)
+
+
+@router.get("/v1/tokens", responses=_auth_errors)
+async def list_tokens(tokens: TokensDep, _: Admin) -> TokenList:
+    """Every token with its scopes, pattern, expiry and last use; never a secret."""
+    return await tokens.list()
+
+
+@router.delete("/v1/tokens/{token_name}", responses={**_auth_errors, 404: _errors[404]})
+async def revoke_token(
+    token_name: Annotated[str, Path(max_length=64)], tokens: TokensDep, admin: Admin
+) -> TokenView:
+    """Revoke a token: every service refuses it within a few seconds."""
+    return await tokens.revoke(token_name, admin)
+
+
+@router.post("/v1/tokens/introspect", responses=_auth_errors)
+async def introspect_token(
+    body: IntrospectRequest, tokens: TokensDep, _: Introspector
+) -> Introspection:
+    """Whether a token is active and what it may do (for services without database access)."""
+    return await tokens.introspect(body.token)

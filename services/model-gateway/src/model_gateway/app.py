@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from mlops_common.auth import TokenStore, TokenVerifier, database_source
 from mlops_common.db import make_engine, migrate
 from mlops_common.errors import install_error_handlers
 from mlops_common.http import make_async_client
@@ -23,6 +24,7 @@ from model_gateway.handlers import ArtifactStore, GatewayHandler
 from model_gateway.metrics import GatewayMetrics
 from model_gateway.mlflow_client import MlflowClient
 from model_gateway.settings import GatewaySettings
+from model_gateway.tokens import TokensHandler
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def create_app(
             timeout_s=settings.mlflow_timeout_s,
             retries=settings.mlflow_retries,
             transport=mlflow_transport,
+            auth=settings.mlflow.basic_auth(),
         )
         own_events: RedisAliasEvents | None = None
         try:
@@ -70,6 +73,11 @@ def create_app(
                 url = db_engine.url.render_as_string(hide_password=False)
                 await asyncio.to_thread(migrate, url, db.MIGRATIONS_DIR, db.VERSION_TABLE)
                 log.info("database schema is at head (%s)", db.VERSION_TABLE)
+            tokens = TokenStore(db_engine)
+            app.state.verifier = verifier = TokenVerifier(
+                database_source(tokens), ttl_s=settings.token_cache_ttl_s
+            )
+            app.state.tokens = TokensHandler(tokens, verifier)
             app.state.handler = GatewayHandler(
                 mlflow=MlflowClient(http),
                 store=store or ObjectStore.from_settings(settings.s3),

@@ -24,6 +24,7 @@ alias_audit = sa.Table(
     sa.Column("from_version", sa.Integer(), nullable=True),
     sa.Column("to_version", sa.Integer(), nullable=False),
     sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("on_behalf_of", sa.String(256), nullable=True),
     sa.Column("reason", sa.Text(), nullable=True),
     sa.Column("moved_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_alias_audit_model_alias_moved_at", "model_name", "alias", "moved_at"),
@@ -38,6 +39,7 @@ class AuditRecord:
     from_version: int | None
     to_version: int
     actor: str
+    on_behalf_of: str | None
     reason: str | None
     moved_at: datetime
 
@@ -50,6 +52,7 @@ def insert_move(
     from_version: int | None,
     to_version: int,
     actor: str,
+    on_behalf_of: str | None,
     reason: str | None,
     moved_at: datetime,
 ) -> int:
@@ -62,6 +65,7 @@ def insert_move(
             from_version=from_version,
             to_version=to_version,
             actor=actor,
+            on_behalf_of=on_behalf_of,
             reason=reason,
             moved_at=moved_at,
         )
@@ -86,6 +90,7 @@ def list_moves(engine: Engine, model_name: str, alias: str | None, limit: int) -
             from_version=row["from_version"],
             to_version=row["to_version"],
             actor=row["actor"],
+            on_behalf_of=row["on_behalf_of"],
             reason=row["reason"],
             moved_at=as_utc(row["moved_at"]),
         )

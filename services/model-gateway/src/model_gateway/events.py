@@ -82,4 +82,5 @@ def alias_event(move: AliasMove) -> dict[str, Any]:
         "previous_version": move.previous_version,
         "moved_at": move.moved_at.isoformat() if move.moved_at else None,
         "actor": move.actor,
+        "on_behalf_of": move.on_behalf_of,
     }

@@ -208,7 +208,14 @@ class GatewayHandler:
     # -- move ----------------------------------------------------------------------------------
 
     async def move_alias(
-        self, name: str, alias: str, version: int, *, reason: str | None, actor: str
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        reason: str | None,
+        actor: str,
+        on_behalf_of: str | None = None,
     ) -> AliasMove:
         validate_model_name(name)
         validate_alias(alias, for_write=True)
@@ -234,11 +241,19 @@ class GatewayHandler:
                     moved=False,
                     moved_at=None,
                     actor=actor,
+                    on_behalf_of=on_behalf_of,
                     audit_id=None,
                 )
             moved_at = datetime.now(UTC)
             audit_id = await self._set_alias_audited(
-                name, alias, version, previous, actor=actor, reason=reason, moved_at=moved_at
+                name,
+                alias,
+                version,
+                previous,
+                actor=actor,
+                on_behalf_of=on_behalf_of,
+                reason=reason,
+                moved_at=moved_at,
             )
             log.info(
                 "moved %s@%s from %s to %s (actor=%s, audit_id=%s)",
@@ -257,6 +272,7 @@ class GatewayHandler:
                 moved=True,
                 moved_at=moved_at,
                 actor=actor,
+                on_behalf_of=on_behalf_of,
                 audit_id=audit_id,
             )
             self.metrics.alias_moves.labels(name, alias).inc()
@@ -288,6 +304,7 @@ class GatewayHandler:
         previous: int | None,
         *,
         actor: str,
+        on_behalf_of: str | None,
         reason: str | None,
         moved_at: datetime,
     ) -> int:
@@ -304,6 +321,7 @@ class GatewayHandler:
                 from_version=previous,
                 to_version=version,
                 actor=actor,
+                on_behalf_of=on_behalf_of,
                 reason=reason,
                 moved_at=moved_at,
             )
@@ -362,6 +380,7 @@ class GatewayHandler:
                     from_version=r.from_version,
                     to_version=r.to_version,
                     actor=r.actor,
+                    on_behalf_of=r.on_behalf_of,
                     reason=r.reason,
                     moved_at=r.moved_at,
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from mlops_common.auth import check_models, check_name, check_scopes, parse_duration
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # MLflow stores versions in a 32-bit integer column.
@@ -49,7 +50,10 @@ class AliasMove(BaseModel):
     previous_version: int | None
     moved: bool = Field(description="false when the alias already named this version")
     moved_at: datetime | None
-    actor: str
+    actor: str = Field(description="name of the token that moved the alias")
+    on_behalf_of: str | None = Field(
+        default=None, description="the client's X-Actor note, if any (not authenticated)"
+    )
     audit_id: int | None
 
 
@@ -58,6 +62,7 @@ class AuditEntry(BaseModel):
     from_version: int | None
     to_version: int
     actor: str
+    on_behalf_of: str | None = None
     reason: str | None
     moved_at: datetime
 
@@ -106,3 +111,71 @@ class ErrorResponse(BaseModel):
     """Shape of every error body (``mlops_common.errors``)."""
 
     error: ErrorDetail
+
+
+class CreateTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="Unique name, shown in audits")
+    scopes: list[str] = Field(min_length=1, max_length=16, description="Scopes the token holds")
+    models: str = Field(default="*", max_length=256, description="Model-name glob, e.g. churn*")
+    expires_in: str | None = Field(
+        default=None, max_length=16, description="Lifetime such as 30d, 12h, 90m or 2w"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        return list(check_scopes(value))
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: str) -> str:
+        return check_models(value)
+
+    @field_validator("expires_in")
+    @classmethod
+    def _expires_in(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+class TokenView(BaseModel):
+    name: str
+    scopes: list[str]
+    models: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    active: bool
+
+
+class CreatedToken(TokenView):
+    token: str = Field(description="The secret: shown this once, stored only as a hash")
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenView]
+
+
+class IntrospectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(max_length=256)
+
+
+class Introspection(BaseModel):
+    """RFC 7662's shape: ``active`` false says nothing more about an invalid token."""
+
+    active: bool
+    name: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+    models: str | None = None
+    expires_at: datetime | None = None

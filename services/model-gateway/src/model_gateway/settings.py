@@ -54,6 +54,13 @@ class GatewaySettings(ServiceSettings):
     redis_timeout_s: float = Field(
         default=1.0, gt=0, le=30, description="Longest one alias-move publish may take"
     )
+    token_cache_ttl_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=10,
+        description="How long a checked token is trusted before the database is asked again "
+        "(the longest a revocation takes to bite)",
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from mlops_common.auth import TokenStore
+from mlops_common.auth import metadata as auth_metadata
 from mlops_common.db import migrate
 from sqlalchemy import Engine, create_engine
 from trainer.app import MIGRATIONS, VERSION_TABLE, create_app
@@ -36,9 +38,21 @@ def db_url(tmp_path: Path) -> str:
     return url
 
 
+ADMIN_TOKEN = "mlops_" + "t" * 43
+
+
 @pytest.fixture
 def engine(db_url: str) -> Engine:
-    return create_engine(db_url)
+    engine = create_engine(db_url)
+    # The gateway migrates the token table in the real stack; here the test makes it.
+    auth_metadata.create_all(engine)
+    TokenStore(engine).ensure("test-admin", ADMIN_TOKEN, ["admin"])
+    return engine
+
+
+@pytest.fixture
+def tokens(engine: Engine) -> TokenStore:
+    return TokenStore(engine)
 
 
 @pytest.fixture
@@ -62,5 +76,5 @@ def queue() -> FakeQueue:
 @pytest.fixture
 def client(settings: TrainerSettings, engine: Engine, queue: FakeQueue) -> Iterator[TestClient]:
     app = create_app(settings, engine=engine, queue=queue, objects=object(), run_migrations=False)  # type: ignore[arg-type]
-    with TestClient(app) as test_client:
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as test_client:
         yield test_client

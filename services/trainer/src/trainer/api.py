@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from mlops_common.auth import Principal, requires
 from mlops_common.errors import PlatformError
 from sqlalchemy import text
 
@@ -60,11 +61,23 @@ async def get_queue(request: Request) -> JobQueue:
 
 HandlerDep = Annotated[JobsHandler, Depends(get_handler)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+Trainer = Annotated[Principal, Depends(requires("train"))]
+JobReader = Annotated[Principal, Depends(requires("jobs:read"))]
+
+_auth_errors: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, unknown, expired or revoked token"},
+    403: {"description": "The token lacks the scope, or may not use this model"},
+}
 
 
-@submissions.post("/v1/train", status_code=202, response_model=JobView, tags=["jobs"])
-def train(body: TrainRequest, handler: HandlerDep, response: Response) -> JobView:
+@submissions.post(
+    "/v1/train", status_code=202, response_model=JobView, tags=["jobs"], responses=_auth_errors
+)
+def train(
+    body: TrainRequest, handler: HandlerDep, principal: Trainer, response: Response
+) -> JobView:
     """Validate and queue a training job; answers at once with the job to poll."""
+    principal.require("train", body.model_name)
     job, created = handler.submit(body)
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     if not created:
@@ -72,19 +85,20 @@ def train(body: TrainRequest, handler: HandlerDep, response: Response) -> JobVie
     return job
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
-def get_job(job_id: str, handler: HandlerDep) -> JobView:
-    return handler.get(job_id)
+@router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=_auth_errors)
+def get_job(job_id: str, handler: HandlerDep, principal: JobReader) -> JobView:
+    return handler.get(job_id, principal)
 
 
-@router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
+@router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"], responses=_auth_errors)
 def list_jobs(
     handler: HandlerDep,
+    principal: JobReader,
     model_name: str | None = None,
     status: Literal["queued", "running", "succeeded", "failed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[JobView]:
-    return handler.list(model_name, status, limit)
+    return handler.list(model_name, status, limit, principal)
 
 
 @router.get("/health", tags=["health"])

@@ -11,6 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from fastapi import FastAPI
+from mlops_common.auth import TokenStore, TokenVerifier, database_source
 from mlops_common.db import make_engine, migrate
 from mlops_common.errors import install_error_handlers
 from mlops_common.metrics import install_metrics
@@ -62,6 +63,10 @@ def create_app(
         db = engine or make_engine(db_url, settings.db.pool_size)
         jobs_queue = queue or CeleryQueue(make_celery(settings))
         store = JobStore(db)
+        # The gateway owns (and migrates) the token table; the trainer only reads it.
+        app.state.verifier = TokenVerifier(
+            database_source(TokenStore(db)), ttl_s=settings.token_cache_ttl_s
+        )
         app.state.handler = JobsHandler(
             store, jobs_queue, objects or ObjectStore.from_settings(settings.s3)
         )

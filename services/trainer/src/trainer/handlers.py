@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import cast
 
+from mlops_common.auth import Principal
 from mlops_common.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from mlops_common.storage import ObjectStore
 
@@ -95,11 +96,18 @@ class JobsHandler:
             log.info("job %s queued for %s", job.id, request.model_name)
         return job_view(job), created
 
-    def get(self, job_id: str) -> JobView:
+    def get(self, job_id: str, principal: Principal) -> JobView:
         job = self.store.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}", field="job_id")
+        principal.require("jobs:read", job.model_name)
         return job_view(job)
 
-    def list(self, model_name: str | None, status: str | None, limit: int) -> list[JobView]:
-        return [job_view(j) for j in self.store.recent(model_name, status, limit)]
+    def list(
+        self, model_name: str | None, status: str | None, limit: int, principal: Principal
+    ) -> list[JobView]:
+        """Only the jobs of models the token may see."""
+        if model_name is not None:
+            principal.require("jobs:read", model_name)
+        jobs = self.store.recent(model_name, status, limit, model_like=principal.sql_like())
+        return [job_view(j) for j in jobs]

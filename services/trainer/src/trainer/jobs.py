@@ -144,10 +144,19 @@ class JobStore:
             session.execute(delete(Job).where(Job.id == job_id))
             session.commit()
 
-    def recent(self, model_name: str | None, status: str | None, limit: int) -> list[Job]:
+    def recent(
+        self,
+        model_name: str | None,
+        status: str | None,
+        limit: int,
+        model_like: str | None = None,
+    ) -> list[Job]:
+        """Newest first; ``model_like`` (a SQL LIKE pattern, ``\\`` escapes) limits the names."""
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if model_name:
             query = query.where(Job.model_name == model_name)
+        if model_like is not None:
+            query = query.where(Job.model_name.like(model_like, escape="\\"))
         if status:
             query = query.where(Job.status == status)
         with self.sessions() as session:

@@ -9,7 +9,7 @@ from mlops_common.settings import (
     ServiceSettings,
     from_env,
 )
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 
@@ -19,6 +19,11 @@ class TrainerSettings(ServiceSettings):
     port: int = 8810
     broker_url: str = "redis://127.0.0.1:6379/0"
     gateway_url: str = "http://127.0.0.1:8820"
+    # The trainer's own token for the gateway (scopes models:read and models:promote).
+    gateway_token: SecretStr | None = None
+    token_cache_ttl_s: float = Field(
+        default=5.0, gt=0, le=10, description="How long a checked API token is trusted"
+    )
     experiment_name: str = "trainer"
     # A job whose worker died is retried this many times in all, then marked failed.
     max_attempts: int = 2

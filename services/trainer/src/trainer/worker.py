@@ -36,7 +36,12 @@ def _runtime() -> tuple[JobStore, Trainer]:
     url = settings.db.url.get_secret_value()
     migrate_db(url)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
-    gateway = make_sync_client(settings.gateway_url, timeout_s=30.0)
+    token = settings.gateway_token
+    gateway = make_sync_client(
+        settings.gateway_url,
+        timeout_s=30.0,
+        headers={"Authorization": f"Bearer {token.get_secret_value()}"} if token else None,
+    )
     trainer = Trainer(
         ObjectStore.from_settings(settings.s3),
         gateway,

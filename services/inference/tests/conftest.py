@@ -186,17 +186,29 @@ class FakeStore:
 
 @dataclass
 class FakeGateway:
-    """The model-gateway's alias endpoint; tests move aliases by changing ``aliases``."""
+    """The model-gateway's alias and token-introspection endpoints; tests move aliases by
+    changing ``aliases`` and issue caller tokens through ``tokens``."""
 
     versions: dict[tuple[str, int], str] = field(default_factory=dict)
     aliases: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Caller token -> the introspection answer for it (as the gateway's /v1/tokens/introspect).
+    tokens: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            CALLER_TOKEN: {"active": True, "name": "caller", "scopes": ["predict"], "models": "*"}
+        }
+    )
     fail_with: int | None = None
     calls: int = 0
+    introspections: int = 0
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
         if self.fail_with is not None:
             return httpx.Response(self.fail_with, json={"error": {"message": "gateway broke"}})
+        if request.url.path == "/v1/tokens/introspect" and request.method == "POST":
+            self.introspections += 1
+            token = json.loads(request.content)["token"]
+            return httpx.Response(200, json=self.tokens.get(token, {"active": False}))
         parts = request.url.path.split("/")
         # /v1/models/{name}/aliases/{alias}
         if request.method != "GET" or len(parts) != 6 or parts[4] != "aliases":
@@ -271,6 +283,10 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+CALLER_TOKEN = "mlops_" + "c" * 43
+CALLER = {"Authorization": f"Bearer {CALLER_TOKEN}"}
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> InferenceSettings:
     values: dict[str, Any] = {
         "model_name": "churn",
@@ -328,12 +344,16 @@ def service(
             cache_dir=settings.cache_dir,
             clock=clock,
         )
-        app = create_app(settings, manager=manager)
+        app = create_app(
+            settings, manager=manager, gateway_transport=httpx.MockTransport(gateway.handler)
+        )
         async with (
             gateway_client,
             app.router.lifespan_context(app),
             httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://inference.test"
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://inference.test",
+                headers=CALLER,
             ) as client,
         ):
             yield Service(app=app, client=client, manager=manager, settings=settings)

@@ -18,6 +18,8 @@ from inference.model import ModelVersion, Prediction
 from inference.validation import InputColumn, InputSchema
 from mlops_common.http import make_async_client
 
+from .conftest import CALLER
+
 pytestmark = pytest.mark.anyio
 
 ROW = {"age": 40.0, "income": 52000.5, "visits": 3, "city": "lyon", "plan": "pro", "member": True}
@@ -206,7 +208,9 @@ async def test_background_polling_loads_the_model(
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://inference.test") as client,
+        httpx.AsyncClient(
+            transport=transport, base_url="http://inference.test", headers=CALLER
+        ) as client,
     ):
         first = await client.get("/health")  # the app answers before the model is there
         assert first.status_code in (200, 503)
@@ -281,11 +285,15 @@ async def test_prediction_runs_off_the_event_loop_and_model_errors_are_422(
         loader=_stub_loader,
         clock=clock,
     )
-    app = create_app(settings, manager=manager)
+    app = create_app(
+        settings, manager=manager, gateway_transport=httpx.MockTransport(gateway.handler)
+    )
     async with (
         client,
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers=CALLER
+        ) as http,
     ):
         await manager.poll_once()
         loop_thread = threading.get_ident()

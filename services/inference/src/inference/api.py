@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from inference.body_limit import read_body
-from inference.deps import HandlerDep
+from inference.deps import HandlerDep, ServingDep
 from inference.schema import (
     ErrorResponse,
     HealthResponse,
@@ -21,7 +21,9 @@ from inference.schema import (
 router = APIRouter()
 
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorResponse, "description": "No model loaded yet (see GET /health)"}
+    401: {"model": ErrorResponse, "description": "Missing, unknown, expired or revoked token"},
+    403: {"model": ErrorResponse, "description": "The token lacks `predict` for this model"},
+    503: {"model": ErrorResponse, "description": "No model loaded yet (see GET /health)"},
 }
 
 
@@ -37,11 +39,13 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     summary="Score rows with the served model",
     responses={
         413: {"model": ErrorResponse, "description": "More rows than max_batch_rows"},
+        401: _UNAVAILABLE[401],
+        403: _UNAVAILABLE[403],
         422: {"model": ErrorResponse, "description": "Body or rows invalid; `field` says where"},
         **_UNAVAILABLE,
     },
 )
-async def predict(request: Request, handler: HandlerDep) -> Response:
+async def predict(request: Request, handler: ServingDep) -> Response:
     # The raw body goes to the handler rather than through a pydantic model: this is the hot
     # path, and the handler validates every row against the model's own signature anyway.
     raw = await read_body(request, handler.max_body_bytes)
@@ -79,5 +83,5 @@ async def health(handler: HandlerDep) -> JSONResponse:
     summary="The served model version, its source and signature",
     responses=_UNAVAILABLE,
 )
-async def model_info(handler: HandlerDep) -> ModelInfo:
+async def model_info(handler: ServingDep) -> ModelInfo:
     return handler.model_info()

@@ -11,6 +11,7 @@ from importlib.metadata import version
 
 import httpx
 from fastapi import FastAPI
+from mlops_common.auth import TokenSource, TokenVerifier
 from mlops_common.errors import install_error_handlers
 from mlops_common.http import make_async_client
 from mlops_common.metrics import install_metrics
@@ -18,6 +19,7 @@ from mlops_common.storage import ObjectStore
 
 from inference.api import router
 from inference.batching import Batcher
+from inference.deps import ModelGuard
 from inference.events import follow_alias_moves
 from inference.gateway import GatewayClient
 from inference.handler import PredictionHandler
@@ -35,6 +37,17 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+def _guard(settings: InferenceSettings, source: TokenSource) -> ModelGuard | None:
+    if not settings.auth_enabled:
+        log.warning(
+            "INFERENCE_AUTH_ENABLED is false: /predict, /model-info and /v2/models answer "
+            "anyone who can reach port %s without a token",
+            settings.port,
+        )
+        return None
+    return ModelGuard(TokenVerifier(source, ttl_s=settings.token_cache_ttl_s), settings.model_name)
+
+
 def create_app(
     settings: InferenceSettings,
     *,
@@ -47,13 +60,20 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            token = settings.gateway_token
+            client = make_async_client(
+                settings.gateway_url,
+                transport=gateway_transport,
+                bearer_token=token.get_secret_value() if token else None,
+            )
+            stack.push_async_callback(client.aclose)
+            gateway = GatewayClient(client)
+            app.state.guard = _guard(settings, gateway.introspect)
             active = manager
             if active is None:
-                client = make_async_client(settings.gateway_url, transport=gateway_transport)
-                stack.push_async_callback(client.aclose)
                 active = ModelManager.from_settings(
                     settings,
-                    GatewayClient(client),
+                    gateway,
                     store if store is not None else ObjectStore.from_settings(settings.s3),
                 )
                 # The first load runs in the background too: the app answers (503) at once.

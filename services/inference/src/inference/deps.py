@@ -5,13 +5,41 @@ from __future__ import annotations
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from mlops_common.auth import Principal, TokenVerifier
 
 from inference.handler import PredictionHandler
 
 
+class ModelGuard:
+    """Lets through callers whose token holds ``predict`` for the served model."""
+
+    def __init__(self, verifier: TokenVerifier, model_name: str) -> None:
+        self.verifier = verifier
+        self.model_name = model_name
+
+    async def check(self, authorization: str | None) -> Principal:
+        principal = await self.verifier.verify(authorization)
+        principal.require("predict", self.model_name)
+        return principal
+
+
+async def authorize(request: Request) -> None:
+    """401/403 unless the request may use the served model (a no-op with auth turned off)."""
+    guard: ModelGuard | None = request.app.state.guard
+    if guard is not None:
+        await guard.check(request.headers.get("authorization"))
+
+
+# Dependencies are async on purpose: FastAPI runs a sync dependency in its thread pool, a thread
+# hop per call. The check and the handler are one dependency: each one costs microseconds here.
 async def get_handler(request: Request) -> PredictionHandler:
-    # async on purpose: FastAPI runs a sync dependency in its thread pool, a thread hop per call.
+    return cast(PredictionHandler, request.app.state.handler)
+
+
+async def get_authorized_handler(request: Request) -> PredictionHandler:
+    await authorize(request)
     return cast(PredictionHandler, request.app.state.handler)
 
 
 HandlerDep = Annotated[PredictionHandler, Depends(get_handler)]
+ServingDep = Annotated[PredictionHandler, Depends(get_authorized_handler)]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import quote
 
 import httpx
+from mlops_common.auth import Principal
+from mlops_common.errors import ServiceUnavailable
 from pydantic import ValidationError
 
 from inference.model import ModelVersion
@@ -43,6 +46,31 @@ class GatewayClient:
             return ModelVersion.model_validate_json(response.content)
         except ValidationError as exc:
             raise GatewayError(f"unexpected gateway answer for {path}: {exc}") from exc
+
+
+    async def introspect(self, token: str) -> Principal | None:
+        """What the gateway knows of a caller's token (``None``: not an active token)."""
+        try:
+            response = await self._client.post("/v1/tokens/introspect", json={"token": token})
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable(
+                f"cannot check the token: the gateway is unreachable ({type(exc).__name__})"
+            ) from exc
+        if response.status_code != 200:
+            raise ServiceUnavailable(
+                f"cannot check the token: the gateway answered {response.status_code} "
+                f"({_error_message(response)})"
+            )
+        body = response.json()
+        if not body.get("active"):
+            return None
+        expires = body.get("expires_at")
+        return Principal(
+            name=str(body["name"]),
+            scopes=frozenset(body.get("scopes") or ()),
+            models=str(body.get("models") or "*"),
+            expires_at=datetime.fromisoformat(expires) if expires else None,
+        )
 
 
 def _error_message(response: httpx.Response) -> str:

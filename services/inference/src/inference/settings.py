@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from mlops_common.settings import S3Settings, ServiceSettings, from_env
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -30,6 +30,17 @@ class InferenceSettings(ServiceSettings):
     model_name: str = Field(min_length=1, description="Registered model to serve")
     model_alias: str = Field(default="champion", min_length=1)
     gateway_url: str = "http://127.0.0.1:8820"
+    # Inference's own token: resolves its alias (models:read) and checks callers' tokens
+    # (tokens:introspect) at the gateway.
+    gateway_token: SecretStr | None = None
+    # Off only on purpose (a private benchmark, a mesh doing auth): logs a warning every start.
+    auth_enabled: bool = True
+    token_cache_ttl_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=10,
+        description="How long a checked caller token is trusted before the gateway is asked again",
+    )
     poll_interval_s: float = Field(default=2.0, gt=0)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     s3: S3Settings = Field(default_factory=from_env(S3Settings))

@@ -29,7 +29,7 @@ from mlops_common.errors import NotFound, ServiceUnavailable, Unprocessable
 
 from inference import v2_binary
 from inference.body_limit import read_body
-from inference.deps import HandlerDep
+from inference.deps import HandlerDep, ServingDep, authorize
 from inference.handler import PredictionHandler
 from inference.model import Prediction, ServedModel
 from inference.schema import ErrorResponse
@@ -83,6 +83,8 @@ class _V2Route(APIRoute):
         async def route(request: Request) -> Response:
             if request.method != "POST":
                 return await handle(request)
+            # Before the body is read: an unauthenticated client cannot make us buffer it.
+            await authorize(request)
             # Read here, where a body over the size limit is a 413: FastAPI would turn an error
             # while it reads the body into a 400.
             handler: PredictionHandler = request.app.state.handler
@@ -109,6 +111,8 @@ def _as_json(scope: Any) -> dict[str, Any]:
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=_V2Route)
 
 _NOT_SERVED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing, unknown, expired or revoked token"},
+    403: {"model": ErrorResponse, "description": "The token lacks `predict` for this model"},
     404: {"model": ErrorResponse, "description": "Not the served model name or version"},
     503: {"model": ErrorResponse, "description": "No model loaded yet"},
 }
@@ -116,7 +120,7 @@ _NOT_SERVED: dict[int | str, dict[str, Any]] = {
 
 # ---- health and metadata ------------------------------------------------------------------------
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
-async def server_metadata() -> ServerMetadata:
+async def server_metadata(_: ServingDep) -> ServerMetadata:
     return ServerMetadata(
         name="inference", version=package_version("inference"), extensions=[v2_binary.EXTENSION]
     )
@@ -147,7 +151,7 @@ async def server_ready(handler: HandlerDep) -> JSONResponse:
     summary="Inputs and outputs of the served model",
     responses=_NOT_SERVED,
 )
-async def model_metadata(name: str, handler: HandlerDep) -> ModelMetadata:
+async def model_metadata(name: str, handler: ServingDep) -> ModelMetadata:
     return _metadata(_served(handler, name, None))
 
 
@@ -159,7 +163,7 @@ async def model_metadata(name: str, handler: HandlerDep) -> ModelMetadata:
     summary="Inputs and outputs of the served model (that version only)",
     responses=_NOT_SERVED,
 )
-async def model_version_metadata(name: str, version: str, handler: HandlerDep) -> ModelMetadata:
+async def model_version_metadata(name: str, version: str, handler: ServingDep) -> ModelMetadata:
     return _metadata(_served(handler, name, version))
 
 
@@ -169,7 +173,7 @@ async def model_version_metadata(name: str, version: str, handler: HandlerDep) -
     summary="200 while the model is served, 503 before",
     responses=_NOT_SERVED,
 )
-async def model_ready(name: str, handler: HandlerDep) -> JSONResponse:
+async def model_ready(name: str, handler: ServingDep) -> JSONResponse:
     return _ready(handler, name, None)
 
 
@@ -179,7 +183,7 @@ async def model_ready(name: str, handler: HandlerDep) -> JSONResponse:
     summary="200 while that version is served, 503 before",
     responses=_NOT_SERVED,
 )
-async def model_version_ready(name: str, version: str, handler: HandlerDep) -> JSONResponse:
+async def model_version_ready(name: str, version: str, handler: ServingDep) -> JSONResponse:
     return _ready(handler, name, version)
 
 
@@ -197,7 +201,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Score tensors with the served model",
     responses=_INFER_RESPONSES,
 )
-async def infer(name: str, body: InferenceRequest, handler: HandlerDep) -> Response:
+async def infer(name: str, body: InferenceRequest, handler: ServingDep) -> Response:
     return await _infer(handler, name, None, body)
 
 
@@ -208,7 +212,7 @@ async def infer(name: str, body: InferenceRequest, handler: HandlerDep) -> Respo
     responses=_INFER_RESPONSES,
 )
 async def infer_version(
-    name: str, version: str, body: InferenceRequest, handler: HandlerDep
+    name: str, version: str, body: InferenceRequest, handler: ServingDep
 ) -> Response:
     return await _infer(handler, name, version, body)
 

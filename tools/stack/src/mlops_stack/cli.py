@@ -1,6 +1,6 @@
 """``mlops``: run the platform as supervised local processes.
 
-mlops up | down | status | logs COMPONENT | env
+mlops up | down | status | logs COMPONENT | env | token create|list|revoke
 """
 
 from __future__ import annotations
@@ -12,18 +12,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+from mlops_common.auth import TokenInfo, TokenStore
 
 from mlops_stack.components import Stack
-from mlops_stack.config import Paths, StackSecrets, StackSettings
+from mlops_stack.config import PRIVATE_UMASK, Paths, StackSecrets, StackSettings, make_private
 from mlops_stack.demo import ensure_demo_model
 from mlops_stack.state import StackState, pid_alive, tail
 
 
 def _out(line: str = "") -> None:
     print(line, flush=True)
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class TokenCommandError(RuntimeError):
+    """A ``mlops token`` command cannot be done; the message says why (exit code 2)."""
 
 
 class Cli:
@@ -45,6 +55,8 @@ class Cli:
     # ---- up --------------------------------------------------------------------------------
     def up(self, skip_demo: bool) -> int:
         self.paths.make()
+        # State left by older versions (logs, configuration) becomes private too.
+        make_private(self.home, skip=(self.paths.data("postgres"),))
         stack = self.stack()
         if self.supervisor_pid():
             _out(f"the stack is already running (state in {self.home})")
@@ -74,7 +86,13 @@ class Cli:
         holders: dict[int, str] = {}
         try:
             for conn in psutil.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in wanted:
+                if (
+                    conn.status == psutil.CONN_LISTEN
+                    and conn.laddr
+                    and conn.laddr.port in wanted
+                    # Another address's listener (127.0.0.2, a container's) does not clash.
+                    and conn.laddr.ip in (self.settings.host, "0.0.0.0", "::")
+                ):
                     holders[conn.laddr.port] = _describe(conn.pid)
         except psutil.AccessDenied:
             pass
@@ -204,6 +222,90 @@ class Cli:
             _out(f"export {key}={_shell_quote(value)}")
         return 0
 
+    # ---- tokens ---------------------------------------------------------------------------------
+    def _token_store(self) -> TokenStore:
+        import psycopg2
+
+        if not (self.home / "secrets.json").exists():
+            raise TokenCommandError(f"no stack state in {self.home}: run `mlops up` first")
+        stack = self.stack()
+        try:
+            psycopg2.connect(
+                stack.db_url("platform").replace("+psycopg2", ""), connect_timeout=3
+            ).close()
+        except psycopg2.Error as exc:
+            raise TokenCommandError(
+                f"the stack's PostgreSQL is not reachable at {stack.host}:"
+                f"{self.settings.postgres_port} ({str(exc).strip().splitlines()[0]}); "
+                "tokens live in its platform database: start the stack with `mlops up`"
+            ) from exc
+        import sqlalchemy as sa
+
+        store = stack.token_store()
+        if not sa.inspect(store.engine).has_table("api_tokens"):
+            store.engine.dispose()
+            raise TokenCommandError(
+                "the platform database has no api_tokens table yet: the model gateway creates "
+                "it when it first starts (`mlops up`)"
+            )
+        return store
+
+    def token(self, args: argparse.Namespace) -> int:
+        from mlops_common.auth import parse_duration
+        from mlops_common.errors import PlatformError
+
+        try:
+            expires = parse_duration(args.expires) if getattr(args, "expires", None) else None
+            store = self._token_store()
+            try:
+                if args.action == "create":
+                    secret, _ = store.create(args.name, args.scope, args.models, expires)
+                    # The token alone on stdout: TOKEN=$(mlops token create ...) works.
+                    print(secret, flush=True)
+                elif args.action == "revoke":
+                    info = store.revoke(args.name)
+                    _err(f"revoked token {info.name!r}")
+                else:
+                    self._token_table(store.list())
+            finally:
+                store.engine.dispose()
+        except (TokenCommandError, ValueError) as exc:
+            _err(f"mlops token {args.action}: {exc}")
+            return 2
+        except PlatformError as exc:
+            _err(f"mlops token {args.action}: {exc.message}")
+            return 2
+        return 0
+
+    @staticmethod
+    def _token_table(tokens: list[TokenInfo]) -> None:
+        def when(value: datetime | None) -> str:
+            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+        now = datetime.now(UTC)
+        rows = [("NAME", "SCOPES", "MODELS", "CREATED", "EXPIRES", "LAST USED", "STATE")]
+        for t in tokens:
+            if t.revoked_at is not None:
+                state = "revoked"
+            elif t.expires_at is not None and t.expires_at <= now:
+                state = "expired"
+            else:
+                state = "active"
+            rows.append(
+                (
+                    t.name,
+                    ",".join(t.scopes),
+                    t.models,
+                    when(t.created_at),
+                    when(t.expires_at),
+                    when(t.last_used_at),
+                    state,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
 
 def _describe(pid: int | None) -> str:
     if not pid:
@@ -243,7 +345,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.add_argument("-n", "--lines", type=int, default=100)
     logs.add_argument("-f", "--follow", action="store_true")
     sub.add_parser("env", help="print export lines a client needs")
+    token = sub.add_parser("token", help="create, list or revoke API tokens")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it (only once)")
+    create.add_argument("name")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        help="a scope the token carries (repeat for several): "
+        "train, jobs:read, models:read, models:promote, predict, admin, tokens:introspect",
+    )
+    create.add_argument("--models", default="*", help="model names it may use (a glob; * = all)")
+    create.add_argument("--expires", help="lifetime such as 30d, 12h, 90m or 2w (default never)")
+    token_sub.add_parser("list", help="list tokens (never their secrets)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
     args = parser.parse_args(argv)
+    # Nothing this process creates (state, secrets, configuration) is readable by others.
+    os.umask(PRIVATE_UMASK)
 
     settings = StackSettings(home=args.home) if args.home else StackSettings()
     cli = Cli(settings)
@@ -255,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.status()
     if args.command == "logs":
         return cli.logs(args.component, args.lines, args.follow)
+    if args.command == "token":
+        return cli.token(args)
     return cli.env()
 
 

@@ -5,25 +5,49 @@ Order matters: each component starts only when the ones before it are healthy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from mlops_common.auth import TokenStore
 
 from mlops_stack import binaries
 from mlops_stack.access import grant_path
-from mlops_stack.config import Paths, StackSecrets, StackSettings
+from mlops_stack.config import Paths, StackSecrets, StackSettings, write_private
 
-PLATFORM_DATABASES = ("airflow", "mlflow_db", "platform")
+PLATFORM_DATABASES = ("airflow", "mlflow_db", "mlflow_auth", "platform")
 BUCKETS = ("mlflow", "data")
 ERROR_TAIL_LINES = 20
+# Where the gateway publishes alias moves and inference listens (the only channel either may use).
+ALIAS_CHANNEL = "mlops:alias-moves"
+# MLflow's own users of the platform's services (the local user is MLflow's admin).
+MLFLOW_ADMIN = "admin"
+MLFLOW_TRAINER = "trainer"
+MLFLOW_GATEWAY = "model-gateway"
+# What each MLflow user may do beyond the default READ (user, resource type, pattern, permission):
+# the trainer writes runs and model versions into experiments and models others may have
+# created; the gateway moves aliases (EDIT; deleting an alias or a model needs MANAGE).
+MLFLOW_GRANTS = (
+    (MLFLOW_TRAINER, "experiment", "*", "EDIT"),
+    (MLFLOW_TRAINER, "registered_model", "*", "EDIT"),
+    (MLFLOW_GATEWAY, "registered_model", "*", "EDIT"),
+)
+# The platform's own API tokens: name -> scopes.
+SERVICE_TOKENS: dict[str, tuple[str, ...]] = {
+    "admin": ("admin",),
+    "trainer": ("models:read", "models:promote"),
+    "inference": ("models:read", "tokens:introspect"),
+    "airflow": ("train", "jobs:read", "models:read", "models:promote", "predict"),
+}
 
 
 class StepFailed(RuntimeError):
@@ -84,13 +108,50 @@ def http_ok(url: str, accept: tuple[int, ...] = (200,)) -> Callable[[], bool]:
     return check
 
 
-def tcp_ping_redis(host: str, port: int) -> bool:
+def _resp(*args: str) -> bytes:
+    """One command in the Redis protocol (binary safe: any password goes through as it is)."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+def redis_auth_ping(host: str, port: int, user: str, password: str) -> bool:
+    """AUTH as ``user`` then PING: true only when both succeed."""
     try:
         with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(_resp("AUTH", user, password) + _resp("PING"))
+            reply = b""
+            deadline = time.monotonic() + 2.0
+            while reply.count(b"\r\n") < 2 and time.monotonic() < deadline:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.startswith(b"+OK\r\n+PONG")
     except OSError:
         return False
+
+
+def acl_hash(password: str) -> str:
+    """How a Valkey ACL file stores a password: ``#`` and its SHA-256 in hex."""
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class S3Identity:
+    """An S3 access key pair and what SeaweedFS lets it do (``Action`` or ``Action:bucket``)."""
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+
+def _rwl(*buckets: str, write: bool = True) -> tuple[str, ...]:
+    kinds = ("Read", "Write", "List") if write else ("Read", "List")
+    return tuple(f"{kind}:{bucket}" for bucket in buckets for kind in kinds)
 
 
 class Stack:
@@ -121,38 +182,103 @@ class Stack:
     def service_url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
 
-    def client_env(self) -> dict[str, str]:
-        """What a client of the stack (a notebook, a test, a service) needs, as env variables."""
-        st = self.settings
+    # ---- credentials, one set per component --------------------------------------------
+    def redis_url(self, user: str, db: int = 0) -> str:
+        password = getattr(self.secrets, f"redis_{user}_password")
+        return f"redis://{user}:{password}@{self.host}:{self.settings.redis_port}/{db}"
+
+    @property
+    def uses_minio(self) -> bool:
+        return binaries.minio(self.settings.minio_bin) is not None
+
+    def s3_identities(self) -> dict[str, S3Identity]:
+        """Who may do what in the object store (SeaweedFS enforces these per request)."""
+        sec = self.secrets
+
+        def ident(name: str, actions: tuple[str, ...]) -> S3Identity:
+            return S3Identity(
+                name,
+                getattr(sec, f"s3_{name}_access_key"),
+                getattr(sec, f"s3_{name}_secret_key"),
+                actions,
+            )
+
         return {
+            # Bucket creation and health probes: only the stack holds this identity.
+            "stack": S3Identity(
+                "stack",
+                sec.s3_access_key,
+                sec.s3_secret_key,
+                ("Admin", "Read", "Write", "List", "Tagging"),
+            ),
+            # The MLflow server proxies every artifact upload and download.
+            "mlflow": ident("mlflow", _rwl("mlflow")),
+            "trainer": ident("trainer", _rwl("data", write=False) + _rwl("mlflow")),
+            "gateway": ident("gateway", _rwl("mlflow", write=False)),
+            "inference": ident("inference", _rwl("mlflow", write=False)),
+            "airflow": ident("airflow", _rwl("data")),
+            # The local user (`mlops env`): everything in both buckets, no bucket administration.
+            "user": ident("user", _rwl("data", "mlflow")),
+        }
+
+    def s3_identity(self, name: str) -> S3Identity:
+        if self.uses_minio:
+            # MinIO users are made with `mc admin user add`, which this stack does not ship:
+            # with a MinIO binary every client uses its root identity.
+            return self.s3_identities()["stack"]
+        return self.s3_identities()[name]
+
+    def s3_env(self, identity: str, *, aws: bool = False) -> dict[str, str]:
+        ident = self.s3_identity(identity)
+        env = {
             "S3_ENDPOINT_URL": self.s3_endpoint,
-            "S3_ACCESS_KEY_ID": self.secrets.s3_access_key,
-            "S3_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
-            "AWS_ACCESS_KEY_ID": self.secrets.s3_access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            "S3_ACCESS_KEY_ID": ident.access_key,
+            "S3_SECRET_ACCESS_KEY": ident.secret_key,
+        }
+        if aws:
+            # boto3's own variables, for MLflow (its S3 artifact repository reads these).
+            env |= {
+                "AWS_ACCESS_KEY_ID": ident.access_key,
+                "AWS_SECRET_ACCESS_KEY": ident.secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            }
+        return env
+
+    def mlflow_client_env(self, user: str, password: str) -> dict[str, str]:
+        return {
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": password,
+        }
+
+    def client_env(self) -> dict[str, str]:
+        """What the local user (a notebook, a test, `mlops env`) needs, as env variables."""
+        st, sec = self.settings, self.secrets
+        return {
+            **self.s3_env("user", aws=True),
+            **self.mlflow_client_env(MLFLOW_ADMIN, sec.mlflow_admin_password),
             "PLATFORM_DB_URL": self.db_url("platform"),
             "TRAINER_URL": self.service_url(st.trainer_port),
             "GATEWAY_URL": self.service_url(st.gateway_port),
             "INFERENCE_URL": self.service_url(st.inference_port),
-            "REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
+            # The local user's API token (scope admin) for the services' APIs.
+            "MLOPS_TOKEN": sec.token_admin,
             **(
                 {
                     "AIRFLOW_URL": self.service_url(st.airflow_port),
-                    "AIRFLOW_USERNAME": self.secrets.airflow_username,
-                    "AIRFLOW_PASSWORD": self.secrets.airflow_password,
+                    "AIRFLOW_USERNAME": sec.airflow_username,
+                    "AIRFLOW_PASSWORD": sec.airflow_password,
                 }
                 if st.with_airflow
                 else {}
             ),
         }
 
-    def _service_env(self) -> dict[str, str]:
-        env = self.client_env()
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+    @staticmethod
+    def _base_env() -> dict[str, str]:
+        # Components get only their own credentials: nothing of `mlops env` is passed on.
+        return {"PYTHONUNBUFFERED": "1"}
 
     # ---- components ----------------------------------------------------------------------
     def components(self) -> list[Component]:
@@ -265,44 +391,93 @@ class Stack:
             user=user,
         )
 
+    # ---- Valkey ----------------------------------------------------------------------------------
+    def valkey_config(self) -> str:
+        """valkey.conf: every setting, and the ACL users with only their passwords' SHA-256."""
+        st, sec = self.settings, self.secrets
+        client = "+client|setinfo +client|setname"
+        lines = [
+            f"bind {self.host}",
+            f"port {st.redis_port}",
+            f"dir {self.paths.data('redis')}",
+            # The Celery queues live here: an append-only file keeps queued jobs across restarts.
+            "appendonly yes",
+            "protected-mode yes",
+            "daemonize no",
+            # Anonymous clients get NOAUTH; each client has its own user.
+            "user default off resetpass resetkeys resetchannels -@all",
+            f"user stack on {acl_hash(sec.redis_stack_password)} ~* &* +@all",
+            # Celery brokers (db 0: trainer, db 1: Airflow); no KEYS/CONFIG/DEBUG/FLUSHALL...
+            f"user trainer on {acl_hash(sec.redis_trainer_password)} ~* &* +@all -@dangerous",
+            f"user airflow on {acl_hash(sec.redis_airflow_password)} ~* &* +@all -@dangerous",
+            # Alias moves: the gateway may only publish on their channel, inference only listen.
+            f"user gateway on {acl_hash(sec.redis_gateway_password)} resetkeys resetchannels "
+            f"&{ALIAS_CHANNEL} -@all +publish +ping {client}",
+            f"user inference on {acl_hash(sec.redis_inference_password)} resetkeys resetchannels "
+            f"&{ALIAS_CHANNEL} -@all +subscribe +unsubscribe +ping {client}",
+        ]
+        return "\n".join(lines) + "\n"
+
     def redis(self) -> Component:
         st = self.settings
         data = self.paths.data("redis")
+        conf = self.paths.config("valkey.conf")
+
+        def prepare() -> None:
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Rewritten on every start: a changed secrets.json takes effect with the next `up`.
+            write_private(conf, self.valkey_config())
+
         return Component(
             name="redis",
             url=f"redis://{self.host}:{st.redis_port}",
             ports=(st.redis_port,),
-            command=lambda: [
-                binaries.redis_server(st.redis_bin),
-                "--bind",
-                self.host,
-                "--port",
-                str(st.redis_port),
-                "--dir",
-                str(data),
-                # The Celery queue lives here: an append-only file keeps queued jobs across restarts.
-                "--appendonly",
-                "yes",
-                "--protected-mode",
-                "yes",
-                "--daemonize",
-                "no",
-            ],
-            healthy=lambda: tcp_ping_redis(self.host, st.redis_port),
-            prepare=lambda: data.mkdir(parents=True, exist_ok=True),
+            # Nothing but the configuration file on the command line.
+            command=lambda: [binaries.redis_server(st.redis_bin), str(conf)],
+            env=self._base_env(),
+            healthy=lambda: redis_auth_ping(
+                self.host, st.redis_port, "stack", self.secrets.redis_stack_password
+            ),
+            prepare=prepare,
         )
+
+    # ---- S3 --------------------------------------------------------------------------------------
+    def seaweedfs_identities(self) -> str:
+        """The -s3.config file: every identity with its keys and allowed actions."""
+        return json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": ident.name,
+                        "credentials": [
+                            {"accessKey": ident.access_key, "secretKey": ident.secret_key}
+                        ],
+                        "actions": list(ident.actions),
+                    }
+                    for ident in self.s3_identities().values()
+                ]
+            },
+            indent=2,
+        )
+
+    def seaweedfs_options(self) -> str:
+        """The -options file: what must not be on the command line (the admin UI's login)."""
+        return f"admin.user=admin\nadmin.password={self.secrets.s3_console_password}\n"
 
     def s3(self) -> Component:
         st = self.settings
         data = self.paths.data("s3")
         minio = binaries.minio(st.minio_bin)
-        env = {
-            "AWS_ACCESS_KEY_ID": self.secrets.s3_access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
-            "MINIO_ROOT_USER": self.secrets.s3_access_key,
-            "MINIO_ROOT_PASSWORD": self.secrets.s3_secret_key,
-        }
+        identities = self.paths.config("s3-identities.json")
+        options = self.paths.config("seaweedfs.options")
+        # Its local sockets live with the stack's state, not in the shared /tmp.
+        sockets = (self.paths.run / "seaweedfs-s3.sock", self.paths.run / "seaweedfs-filer.sock")
+        env = self._base_env()
         if minio:
+            env |= {
+                "MINIO_ROOT_USER": self.secrets.s3_access_key,
+                "MINIO_ROOT_PASSWORD": self.secrets.s3_secret_key,
+            }
             command = [
                 minio,
                 "server",
@@ -318,16 +493,18 @@ class Stack:
             command = [
                 binaries.seaweedfs(),
                 "mini",
+                f"-options={options}",
+                f"-s3.config={identities}",
                 f"-dir={data}",
                 f"-ip={self.host}",
                 f"-ip.bind={self.host}",
                 f"-s3.port={p}",
                 f"-s3.port.grpc={p + 10000}",
+                f"-s3.localSocket={sockets[0]}",
+                f"-filer.localSocket={sockets[1]}",
                 f"-admin.port={st.s3_console_port}",
                 f"-admin.port.grpc={st.s3_console_port + 10000}",
                 "-admin.ui=true",
-                f"-admin.user={self.secrets.s3_access_key}",
-                f"-admin.password={self.secrets.s3_secret_key}",
                 "-master.port=9333",
                 "-master.port.grpc=19333",
                 "-volume.port=9340",
@@ -339,6 +516,14 @@ class Stack:
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
             ]
+
+        def prepare() -> None:
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not minio:
+                write_private(identities, self.seaweedfs_identities())
+                write_private(options, self.seaweedfs_options())
+                for sock in sockets:  # left by a previous run
+                    sock.unlink(missing_ok=True)
 
         def healthy() -> bool:
             try:
@@ -362,34 +547,60 @@ class Stack:
             command=lambda: command,
             env=env,
             healthy=healthy,
-            prepare=lambda: data.mkdir(parents=True, exist_ok=True),
+            prepare=prepare,
             after_healthy=create_buckets,
             start_timeout_s=60,
         )
 
-    def _s3_client(self) -> Any:
+    def _s3_client(self, identity: str = "stack") -> Any:
         import boto3
         from botocore.config import Config
 
+        ident = self.s3_identity(identity)
         return boto3.client(
             "s3",
             endpoint_url=self.s3_endpoint,
-            aws_access_key_id=self.secrets.s3_access_key,
-            aws_secret_access_key=self.secrets.s3_secret_key,
+            aws_access_key_id=ident.access_key,
+            aws_secret_access_key=ident.secret_key,
             region_name="us-east-1",
             config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
         )
 
+    # ---- MLflow ----------------------------------------------------------------------------------
+    def mlflow_auth_config(self) -> str:
+        """The basic-auth ini (MLFLOW_AUTH_CONFIG_PATH): its database and its admin."""
+        return (
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = {self.db_url('mlflow_auth')}\n"
+            f"admin_username = {MLFLOW_ADMIN}\n"
+            f"admin_password = {self.secrets.mlflow_admin_password}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+
     def mlflow(self) -> Component:
         st = self.settings
+        ini = self.paths.config("mlflow-auth.ini")
         env = {
-            **self._service_env(),
+            **self._base_env(),
             # Passed by environment so the database password never shows in `ps`.
             "MLFLOW_BACKEND_STORE_URI": self.db_url("mlflow_db"),
             "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow",
             # Otherwise MLflow 3 starts a job runner of several processes (about 3 GB).
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secrets.mlflow_flask_secret_key,
+            **self.s3_env("mlflow", aws=True),
         }
+        # MLflow's own S3 client reads only the AWS_* variables.
+        for key in ("S3_ENDPOINT_URL", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
+            env.pop(key)
+
+        def prepare() -> None:
+            # `mlflow server` migrates the auth database and creates the admin once, before it
+            # starts its workers (MLflow >= 3.17), so two workers never race on a first start.
+            write_private(ini, self.mlflow_auth_config())
+
         return Component(
             name="mlflow",
             url=self.mlflow_uri,
@@ -397,6 +608,8 @@ class Stack:
             command=lambda: [
                 binaries.venv_bin("mlflow"),
                 "server",
+                "--app-name",
+                "basic-auth",
                 "--host",
                 self.host,
                 "--port",
@@ -406,9 +619,47 @@ class Stack:
             ],
             env=env,
             healthy=http_ok(f"{self.mlflow_uri}/health"),
+            prepare=prepare,
+            after_healthy=self.ensure_mlflow_users,
             start_timeout_s=150,
         )
 
+    def ensure_mlflow_users(self) -> None:
+        """The services' MLflow users, with the passwords in secrets.json, and their grants."""
+        sec = self.secrets
+        admin = httpx.Client(
+            base_url=self.mlflow_uri, auth=(MLFLOW_ADMIN, sec.mlflow_admin_password), timeout=30
+        )
+        with admin:
+            users = {
+                MLFLOW_TRAINER: sec.mlflow_trainer_password,
+                MLFLOW_GATEWAY: sec.mlflow_gateway_password,
+            }
+            for username, password in users.items():
+                body = {"username": username, "password": password}
+                created = admin.post("/api/2.0/mlflow/users/create", json=body)
+                if _already_exists(created):
+                    # Keep the stored password equal to secrets.json (a rotated secret).
+                    updated = admin.patch("/api/2.0/mlflow/users/update-password", json=body)
+                    _raise_for_mlflow(updated, f"setting the password of MLflow user {username}")
+                else:
+                    _raise_for_mlflow(created, f"creating MLflow user {username}")
+            for username, resource_type, pattern, permission in MLFLOW_GRANTS:
+                granted = admin.post(
+                    "/api/3.0/mlflow/users/permissions/grant",
+                    json={
+                        "username": username,
+                        "resource_type": resource_type,
+                        "resource_id": pattern,
+                        "permission": permission,
+                    },
+                )
+                if not _already_exists(granted):
+                    _raise_for_mlflow(
+                        granted, f"granting {username} {permission} on {resource_type} {pattern}"
+                    )
+
+    # ---- the platform's services ----------------------------------------------------------------
     def gateway(self) -> Component:
         st = self.settings
         url = self.service_url(st.gateway_port)
@@ -418,24 +669,50 @@ class Stack:
             ports=(st.gateway_port,),
             command=lambda: [binaries.venv_bin("model-gateway")],
             env={
-                **self._service_env(),
+                **self._base_env(),
                 "GATEWAY_PORT": str(st.gateway_port),
                 "GATEWAY_HOST": self.host,
+                "PLATFORM_DB_URL": self.db_url("platform"),
+                **self.mlflow_client_env(MLFLOW_GATEWAY, self.secrets.mlflow_gateway_password),
+                **self.s3_env("gateway"),
                 # Alias moves are published here; inference subscribes and swaps within seconds.
-                "GATEWAY_REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
+                "GATEWAY_REDIS_URL": self.redis_url("gateway"),
             },
             healthy=http_ok(f"{url}/health"),
+            # The gateway's migrations made the api_tokens table: the services' tokens go in.
+            after_healthy=self.ensure_tokens,
         )
 
-    def _trainer_env(self) -> dict[str, str]:
+    def token_store(self) -> TokenStore:
+        from sqlalchemy import create_engine
+
+        return TokenStore(create_engine(self.db_url("platform"), pool_pre_ping=True))
+
+    def ensure_tokens(self) -> None:
+        store = self.token_store()
+        try:
+            for name, scopes in SERVICE_TOKENS.items():
+                store.ensure(name, getattr(self.secrets, f"token_{name}"), scopes)
+        finally:
+            store.engine.dispose()
+
+    def _trainer_env(self, *, worker: bool) -> dict[str, str]:
         st = self.settings
-        return {
-            **self._service_env(),
+        env = {
+            **self._base_env(),
             "TRAINER_PORT": str(st.trainer_port),
             "TRAINER_HOST": self.host,
-            "TRAINER_BROKER_URL": f"redis://{self.host}:{st.redis_port}/0",
+            "TRAINER_BROKER_URL": self.redis_url("trainer", 0),
             "TRAINER_GATEWAY_URL": self.service_url(st.gateway_port),
+            "TRAINER_GATEWAY_TOKEN": self.secrets.token_trainer,
+            "PLATFORM_DB_URL": self.db_url("platform"),
+            # Data sets are read from S3 (the API checks them, the worker loads them).
+            **self.s3_env("trainer"),
         }
+        if worker:
+            # Only the worker talks to MLflow (runs, models, versions).
+            env |= self.mlflow_client_env(MLFLOW_TRAINER, self.secrets.mlflow_trainer_password)
+        return env
 
     def trainer_api(self) -> Component:
         st = self.settings
@@ -445,7 +722,7 @@ class Stack:
             url=url,
             ports=(st.trainer_port,),
             command=lambda: [binaries.venv_bin("trainer-api")],
-            env=self._trainer_env(),
+            env=self._trainer_env(worker=False),
             healthy=http_ok(f"{url}/health"),
         )
 
@@ -478,7 +755,7 @@ class Stack:
                 "--without-gossip",
                 "--without-mingle",
             ],
-            env=self._trainer_env(),
+            env=self._trainer_env(worker=True),
             healthy=healthy,
             kind="worker",
         )
@@ -492,13 +769,15 @@ class Stack:
             ports=(st.inference_port,),
             command=lambda: [binaries.venv_bin("inference")],
             env={
-                **self._service_env(),
+                **self._base_env(),
                 "INFERENCE_PORT": str(st.inference_port),
                 "INFERENCE_HOST": self.host,
                 "INFERENCE_MODEL_NAME": st.demo_model,
                 "INFERENCE_GATEWAY_URL": self.service_url(st.gateway_port),
+                "INFERENCE_GATEWAY_TOKEN": self.secrets.token_inference,
                 "INFERENCE_CACHE_DIR": str(self.paths.data("inference-cache")),
-                "INFERENCE_REDIS_URL": f"redis://{self.host}:{st.redis_port}/0",
+                "INFERENCE_REDIS_URL": self.redis_url("inference"),
+                **self.s3_env("inference"),
             },
             # Up means answering; serving (200) needs a model, which the demo training provides.
             healthy=http_ok(f"{url}/health", accept=(200, 503)),
@@ -512,12 +791,20 @@ class Stack:
         api = self.service_url(st.airflow_port)
 
         def http_conn(port: int) -> str:
+            # The DAGs send a connection's password as a bearer token: Airflow's API token.
             return json.dumps(
-                {"conn_type": "http", "host": self.host, "port": port, "schema": "http"}
+                {
+                    "conn_type": "http",
+                    "host": self.host,
+                    "port": port,
+                    "schema": "http",
+                    "password": sec.token_airflow,
+                }
             )
 
+        s3 = self.s3_identity("airflow")
         return {
-            **self._service_env(),
+            **self._base_env(),
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CORE__DAGS_FOLDER": str(st.resolved_dags_folder()),
@@ -528,7 +815,7 @@ class Stack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.db_url("airflow"),
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://{self.host}:{st.redis_port}/1",
+            "AIRFLOW__CELERY__BROKER_URL": self.redis_url("airflow", 1),
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.db_url("airflow", driver="postgresql"),
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(st.airflow_worker_concurrency),
             "AIRFLOW__API__HOST": self.host,
@@ -547,8 +834,8 @@ class Stack:
             "AIRFLOW_CONN_S3_DATA": json.dumps(
                 {
                     "conn_type": "generic",
-                    "login": sec.s3_access_key,
-                    "password": sec.s3_secret_key,
+                    "login": s3.access_key,
+                    "password": s3.secret_key,
                     "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
                 }
             ),
@@ -573,16 +860,16 @@ class Stack:
         airflow = binaries.venv_bin("airflow")
 
         def prepare() -> None:
-            home.mkdir(parents=True, exist_ok=True)
-            passwords = home / "passwords.json"
-            fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump({self.secrets.airflow_username: self.secrets.airflow_password}, fh)
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(
+                home / "passwords.json",
+                json.dumps({self.secrets.airflow_username: self.secrets.airflow_password}),
+            )
             run_step(
                 "airflow db migrate",
                 [airflow, "db", "migrate"],
                 self.paths.log("airflow-api"),
-                env={**os.environ, **env},
+                env={**inherited_env(os.environ, self), **env},
                 cwd=home,
             )
 
@@ -628,6 +915,38 @@ class Stack:
                 ports=(st.airflow_worker_log_port,),
             ),
         ]
+
+
+_CREDENTIAL_PREFIXES = ("AWS_", "S3_", "MINIO_", "MLFLOW_TRACKING_", "AIRFLOW_CONN_")
+_CREDENTIAL_WORDS = ("PASSWORD", "SECRET", "TOKEN", "_KEY", "_URL", "_URI")
+
+
+def inherited_env(environ: dict[str, str] | os._Environ[str], stack: Stack) -> dict[str, str]:
+    """The part of the supervisor's own environment a component may inherit.
+
+    A shell that ran ``eval "$(mlops env)"`` holds the local user's credentials; those, and
+    anything else that looks like a credential or names a setting some component gets from the
+    stack, stay out: each component receives only its own, in ``Component.env``.
+    """
+    managed = set(stack.client_env())
+    for comp in stack.components():
+        managed |= set(comp.env)
+    return {
+        key: value
+        for key, value in environ.items()
+        if key not in managed
+        and not key.startswith(_CREDENTIAL_PREFIXES)
+        and not any(word in key for word in _CREDENTIAL_WORDS)
+    }
+
+
+def _already_exists(response: httpx.Response) -> bool:
+    return response.status_code == 400 and "RESOURCE_ALREADY_EXISTS" in response.text
+
+
+def _raise_for_mlflow(response: httpx.Response, what: str) -> None:
+    if response.status_code != 200:
+        raise StepFailed(f"{what} failed: HTTP {response.status_code} {response.text[:300]}")
 
 
 def _listening(host: str, port: int) -> bool:

@@ -6,11 +6,17 @@ import base64
 import json
 import os
 import secrets
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from mlops_common.auth import new_token
 from pydantic import Field as SettingField
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Everything the stack writes (state, logs, configuration holding passwords) is for its owner
+# alone: the CLI and the supervisor set this umask before creating anything.
+PRIVATE_UMASK = 0o077
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -72,6 +78,19 @@ def _fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
+def _password() -> str:
+    # URL-safe: these go into redis:// URLs and HTTP basic auth as they are.
+    return secrets.token_urlsafe(24)
+
+
+def _access_key(identity: str) -> str:
+    return identity + secrets.token_hex(6)
+
+
+def _secret_key() -> str:
+    return secrets.token_urlsafe(30)
+
+
 @dataclass(frozen=True)
 class StackSecrets:
     """Credentials generated on the first ``up`` and kept (mode 0600) in the state directory.
@@ -88,6 +107,43 @@ class StackSecrets:
     airflow_fernet_key: str = field(default_factory=_fernet_key)
     airflow_jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     airflow_api_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # Valkey ACL users (the file keeps only their SHA-256).
+    redis_stack_password: str = field(default_factory=_password)
+    redis_trainer_password: str = field(default_factory=_password)
+    redis_airflow_password: str = field(default_factory=_password)
+    redis_gateway_password: str = field(default_factory=_password)
+    redis_inference_password: str = field(default_factory=_password)
+    # S3 identities; s3_access_key/s3_secret_key above are the stack's own (Admin) identity.
+    s3_mlflow_access_key: str = field(default_factory=lambda: _access_key("mlflow"))
+    s3_mlflow_secret_key: str = field(default_factory=_secret_key)
+    s3_trainer_access_key: str = field(default_factory=lambda: _access_key("trainer"))
+    s3_trainer_secret_key: str = field(default_factory=_secret_key)
+    s3_gateway_access_key: str = field(default_factory=lambda: _access_key("gateway"))
+    s3_gateway_secret_key: str = field(default_factory=_secret_key)
+    s3_inference_access_key: str = field(default_factory=lambda: _access_key("inference"))
+    s3_inference_secret_key: str = field(default_factory=_secret_key)
+    s3_airflow_access_key: str = field(default_factory=lambda: _access_key("airflow"))
+    s3_airflow_secret_key: str = field(default_factory=_secret_key)
+    s3_user_access_key: str = field(default_factory=lambda: _access_key("user"))
+    s3_user_secret_key: str = field(default_factory=_secret_key)
+    # SeaweedFS admin UI (the "console"): user "admin".
+    s3_console_password: str = field(default_factory=_password)
+    # MLflow basic auth: its admin (the local user), the services' users, its session key.
+    mlflow_admin_password: str = field(default_factory=_password)
+    mlflow_trainer_password: str = field(default_factory=_password)
+    mlflow_gateway_password: str = field(default_factory=_password)
+    mlflow_flask_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # API tokens of the platform's services (ensured in the platform database on every `up`).
+    token_admin: str = field(default_factory=new_token)
+    token_trainer: str = field(default_factory=new_token)
+    token_inference: str = field(default_factory=new_token)
+    token_airflow: str = field(default_factory=new_token)
+
+    def secret_values(self) -> set[str]:
+        """Every generated secret (user names and other non-secret fields left out)."""
+        public = {"postgres_user", "airflow_username"}
+        public |= {f.name for f in fields(self) if f.name.endswith("_access_key")}
+        return {v for f in fields(self) if f.name not in public for v in [getattr(self, f.name)]}
 
     @classmethod
     def load_or_create(cls, home: Path) -> StackSecrets:
@@ -96,7 +152,7 @@ class StackSecrets:
         stored = json.loads(path.read_text()) if path.exists() else {}
         loaded = cls(**{k: v for k, v in stored.items() if k in known})
         if set(stored) != known:
-            home.mkdir(parents=True, exist_ok=True)
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump(asdict(loaded), fh, indent=2)
@@ -129,6 +185,56 @@ class Paths:
     def log(self, component: str) -> Path:
         return self.logs / f"{component}.log"
 
+    def config(self, name: str) -> Path:
+        """A generated configuration file (it may hold secrets: written mode 0600)."""
+        return self.run / name
+
     def make(self) -> None:
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tighten(self.home)
         for folder in (self.logs, self.run, self.home / "data"):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (0600), also when it existed with wider modes."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def make_private(home: Path, skip: tuple[Path, ...] = ()) -> None:
+    """Take group and other permissions off everything below ``home`` (state of older versions).
+
+    Folders in ``skip`` (PostgreSQL's data, owned and guarded by its own user) are left alone.
+    """
+    for root, dirs, files in os.walk(home):
+        here = Path(root)
+        dirs[:] = [d for d in dirs if here / d not in skip]
+        for name in [*dirs, *files]:
+            tighten(here / name)
+
+
+def tighten(path: Path) -> None:
+    """Remove group and other permissions, except on a folder given a POSIX ACL on purpose.
+
+    (The PostgreSQL component grants its system user search permission on the folders above its
+    data with an ACL; chmod would zero the ACL's mask and undo that.)
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode) or not mode & 0o077 or _has_acl(path):
+        return
+    path.chmod(stat.S_IMODE(mode) & 0o700)
+
+
+def _has_acl(path: Path) -> bool:
+    try:
+        os.getxattr(path, "system.posix_acl_access", follow_symlinks=False)
+    except OSError:
+        return False
+    return True

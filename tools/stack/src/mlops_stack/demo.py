@@ -19,6 +19,8 @@ def ensure_demo_model(stack: Stack, home: Path, out: Callable[[str], None]) -> b
     st = stack.settings
     marker = home / "demo.json"
     inference = stack.service_url(st.inference_port)
+    # The local user's (admin) API token: the trainer answers nobody without one.
+    headers = {"Authorization": f"Bearer {stack.secrets.token_admin}"}
     if not marker.exists():
         trainer = stack.service_url(st.trainer_port)
         request = {
@@ -30,12 +32,12 @@ def ensure_demo_model(stack: Stack, home: Path, out: Callable[[str], None]) -> b
             "idempotency_key": f"mlops-demo-{st.demo_model}",
         }
         out(f"training the demo model {st.demo_model!r} on {st.demo_dataset!r}")
-        job = httpx.post(f"{trainer}/v1/train", json=request, timeout=30).json()
+        job = httpx.post(f"{trainer}/v1/train", json=request, headers=headers, timeout=30).json()
         job_id = job["job_id"]
         started = time.monotonic()
         last = ""
         while time.monotonic() - started < JOB_TIMEOUT_S:
-            job = httpx.get(f"{trainer}/v1/jobs/{job_id}", timeout=10).json()
+            job = httpx.get(f"{trainer}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
             if job["status"] != last:
                 last = job["status"]
                 out(f"  job {job_id}: {last} (+{time.monotonic() - started:.1f}s)")

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-from mlops_stack.components import Component, Stack
-from mlops_stack.config import Paths, StackSecrets, StackSettings
+from mlops_stack.components import Component, Stack, inherited_env
+from mlops_stack.config import PRIVATE_UMASK, Paths, StackSecrets, StackSettings
 from mlops_stack.state import ComponentState, StackState, pid_alive, tail
 
 log = logging.getLogger("mlops.supervisor")
@@ -45,6 +45,7 @@ class Supervisor:
             components={c.name: ComponentState(c.name, c.url) for c in self.components},
         )
         self.stopping = False
+        self.inherited = inherited_env(os.environ, stack)
 
     # ---- state ---------------------------------------------------------------------------
     def _set(self, name: str, status: str, error: str | None = None) -> None:
@@ -65,7 +66,7 @@ class Supervisor:
         if logfile is None:
             logfile = open(self.paths.log(comp.name), "ab")  # noqa: SIM115 - kept open while it runs
             self.logs[comp.name] = logfile
-        env = {**os.environ, **comp.env}
+        env = {**self.inherited, **comp.env}
         self.procs[comp.name] = subprocess.Popen(
             comp.command(),
             env=env,
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-supervisor")
     parser.add_argument("--home", type=Path, required=True)
     args = parser.parse_args(argv)
+    # Files the stack and its components create are private to their owner.
+    os.umask(PRIVATE_UMASK)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,25 @@ class StackUrls:
     @property
     def inference(self) -> str:
         return self.env["INFERENCE_URL"]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of the local user's admin token (``MLOPS_TOKEN`` from ``mlops env``)."""
+        return {"Authorization": f"Bearer {self.env['MLOPS_TOKEN']}"}
+
+    def create_token(self, name: str, *scopes: str, models: str = "*") -> str:
+        """A new token made through the gateway's token API, as an admin would."""
+        response = httpx.post(
+            f"{self.gateway}/v1/tokens",
+            json={"name": name, "scopes": list(scopes), "models": models},
+            headers=self.auth,
+            timeout=10,
+        )
+        if response.status_code == 409:  # a rerun against the same stack
+            httpx.delete(f"{self.gateway}/v1/tokens/{name}", headers=self.auth, timeout=10)
+            raise AssertionError(f"token {name} existed; revoked it, run again")
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
 
     def kill(self, component: str) -> None:
         """SIGKILL one component, as a crash would; what runs the stack brings it back."""
@@ -119,6 +139,8 @@ def mlflow_env(stack: StackUrls) -> Iterator[None]:
     """Lets the test read registered models with MLflow's own client, as a user would."""
     keys = (
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
         "MLFLOW_S3_ENDPOINT_URL",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -134,8 +156,9 @@ def mlflow_env(stack: StackUrls) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30.0) as client:
+def http(stack: StackUrls) -> Iterator[httpx.Client]:
+    """A client holding the local user's admin token."""
+    with httpx.Client(timeout=30.0, headers=stack.auth) as client:
         yield client
 
 
@@ -166,9 +189,16 @@ def extra_inference(stack: StackUrls) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(model_name: str, port: int) -> str:
+        token = stack.create_token(
+            f"e2e-inference-{model_name}-{port}-{uuid.uuid4().hex[:6]}",
+            "models:read",
+            "tokens:introspect",
+            models=model_name,
+        )
         env = {
             **os.environ,
             **stack.env,
+            "INFERENCE_GATEWAY_TOKEN": token,
             "INFERENCE_MODEL_NAME": model_name,
             "INFERENCE_PORT": str(port),
             "INFERENCE_GATEWAY_URL": stack.gateway,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,6 +149,10 @@ def test_train_and_promote_promotes_better_challengers_only(
         "host": stack.env.get("E2E_HOST_FROM_STACK", "127.0.0.1"),
         "port": 18802,
         "schema": "http",
+        # The DAG checks the new version is served: a token that may read this model's serving.
+        "password": stack.create_token(
+            f"e2e-airflow-check-{uuid.uuid4().hex[:6]}", "predict", models=name
+        ),
     }
     airflow.http.delete("/api/v2/connections/inference_e2e")
     assert airflow.http.post("/api/v2/connections", json=conn).status_code == 201
@@ -165,7 +170,9 @@ def test_train_and_promote_promotes_better_challengers_only(
     history = http.get(f"{stack.gateway}/v1/models/{name}/aliases/champion/history").json()[
         "records"
     ]
-    assert history[0]["actor"].startswith("airflow:train_and_promote/")
+    # The token is the actor; the DAG run it acted for is the note beside it.
+    assert history[0]["actor"] == "airflow"
+    assert history[0]["on_behalf_of"].startswith("airflow:train_and_promote/")
 
     worse = airflow.run(
         "train_and_promote", {**base, **weak, "margin": 0.01, "inference_conn_id": "inference_e2e"}

@@ -113,7 +113,9 @@ def test_promotion_takes_better_versions_and_refuses_worse(
         "records"
     ]
     assert [r["to_version"] for r in history] == [better["model_version"], first["model_version"]]
-    assert history[0]["actor"].startswith("trainer:job/")
+    # The trainer's token is the actor; the job it acted for is the note beside it.
+    assert history[0]["actor"] == "trainer"
+    assert history[0]["on_behalf_of"].startswith("trainer:job/")
     listing = http.get(f"{stack.gateway}/v1/models/{name}").json()
     assert {v["version"] for v in listing["versions"]} >= {1, 2, 3}
     assert listing["aliases"]["champion"] == better["model_version"]
@@ -221,7 +223,7 @@ def test_alias_move_is_served_without_restart_or_failed_requests(
     stop = threading.Event()
 
     def load() -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=10, headers=stack.auth) as client:
             while not stop.is_set():
                 r = client.post(f"{url}/predict", json={"instances": rows})
                 if r.status_code != 200:
@@ -291,15 +293,15 @@ def test_tritonclient_talks_to_inference_unchanged(stack: StackUrls, http: httpx
     client = triton.InferenceServerClient(url=f"{url.host}:{url.port}", connection_timeout=10.0)
     try:
         assert client.is_server_live() and client.is_server_ready()
-        assert client.is_model_ready("demo")
-        metadata = client.get_model_metadata("demo")
+        assert client.is_model_ready("demo", headers=stack.auth)
+        metadata = client.get_model_metadata("demo", headers=stack.auth)
         assert [i["name"] for i in metadata["inputs"]] == list(rows.columns)
         inputs = []
         for column in rows.columns:
             tensor = triton.InferInput(column, [len(rows), 1], "FP64")
             tensor.set_data_from_numpy(rows[[column]].to_numpy(dtype=np.float64))
             inputs.append(tensor)
-        result = client.infer("demo", inputs, request_id="triton-e2e")
+        result = client.infer("demo", inputs, request_id="triton-e2e", headers=stack.auth)
     finally:
         client.close()
     plain = http.post(f"{stack.inference}/predict", json={"instances": rows_of(rows)}).json()

@@ -72,6 +72,10 @@ class FakeMlflow:
         self.posted: list[dict[str, Any]] = []
         self.down = False
         self.fail_status: int | None = None
+        # MLflow's basic-auth app: a missing model is a plain-text 403 except on
+        # registered-models/get; ``denied`` models are refused for this user on every call.
+        self.basic_auth = False
+        self.denied: set[str] = set()
         self.fail_post_status: int | None = None
         # MLflow 3.17 answers 400 INVALID_PARAMETER_VALUE for an unset alias.
         self.alias_missing_status = 400
@@ -152,6 +156,14 @@ class FakeMlflow:
             return _error(404, "ENDPOINT_NOT_FOUND", f"no endpoint {request.url.path}")
         if request.method == "POST":
             query = json.loads(request.content)
+        name = query.get("name")
+        if name in self.denied or (
+            self.basic_auth
+            and name is not None
+            and name not in self.models
+            and route != ("GET", "/registered-models/get")
+        ):
+            return httpx.Response(403, text="Permission denied")
         return handler(query)
 
     def _model(self, name: str) -> dict[str, Any] | None:

@@ -167,3 +167,26 @@ def test_mlflow_5xx_is_502_without_its_message(client: TestClient, registry: Any
     assert response.status_code == 502
     assert error(response)["details"]["upstream_status"] == 500
     assert "psycopg2" not in response.text
+
+
+def test_behind_mlflow_basic_auth_a_missing_model_is_still_404(
+    client: TestClient, registry: Any
+) -> None:
+    registry.basic_auth = True
+
+    resolved = client.get("/v1/models/nope/aliases/champion")
+    moved = client.put("/v1/models/nope/aliases/champion", json={"version": 1})
+
+    assert resolved.status_code == 404 and resolved.json()["error"]["field"] == "name"
+    assert moved.status_code == 404
+
+
+def test_a_model_mlflow_refuses_the_gateway_is_a_502_not_a_404(
+    client: TestClient, registry: Any
+) -> None:
+    registry.denied.add("iris")
+
+    response = client.get("/v1/models/iris/aliases/champion")
+
+    assert response.status_code == 502
+    assert response.json()["error"]["details"]["upstream_status"] == 403

@@ -111,6 +111,14 @@ class MlflowClient:
         json: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         response = await self._send(method, API + path, params=params, json=json)
+        if response.status_code == 403 and path != "/registered-models/get":
+            # MLflow's basic-auth app answers 403 for a model that does not exist (it cannot
+            # find the model's permissions); only registered-models/get still says 404.
+            name = (params or {}).get("name") or (json or {}).get("name")
+            if isinstance(name, str) and await self._model_missing(name):
+                raise MlflowApiError(
+                    404, "RESOURCE_DOES_NOT_EXIST", f"Registered Model with name={name} not found"
+                )
         if response.status_code >= 400:
             self._raise_for_status(method, API + path, response)
         try:
@@ -122,6 +130,10 @@ class MlflowClient:
                 f"MLflow answered {method} {API + path} with a non-JSON body", upstream="mlflow"
             )
         return body
+
+    async def _model_missing(self, name: str) -> bool:
+        response = await self._send("GET", API + "/registered-models/get", params={"name": name})
+        return response.status_code == 404
 
     async def _send(
         self,

@@ -100,3 +100,24 @@ async def _retries() -> None:
         calls.clear()
         assert (await client.post("/x")).status_code == 503
         assert calls == ["POST"]
+
+
+def test_every_service_refuses_any_placeholder_secret_setting_outside_dev() -> None:
+    """Nested settings and service tokens included, not only the S3 key."""
+    from mlops_common.settings import MLflowSettings, S3Settings, ServiceSettings
+
+    class Service(ServiceSettings):
+        port: int = 1
+        gateway_token: SecretStr | None = None
+        s3: S3Settings = S3Settings(access_key_id="k", secret_access_key=SecretStr("real-secret-1"))
+        mlflow: MLflowSettings = MLflowSettings()
+
+    Service(environment="test", gateway_token=SecretStr("changeme"))
+    with pytest.raises(ValueError, match="gateway_token"):
+        Service(environment="prod", gateway_token=SecretStr("changeme"))
+    with pytest.raises(ValueError, match="mlflow.tracking_password"):
+        Service(
+            environment="prod",
+            mlflow=MLflowSettings(tracking_username="u", tracking_password=SecretStr("password")),
+        )
+    Service(environment="prod", gateway_token=SecretStr("mlops_" + "r" * 43))

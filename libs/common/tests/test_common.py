@@ -115,7 +115,7 @@ def test_every_service_refuses_any_placeholder_secret_setting_outside_dev() -> N
     Service(environment="test", gateway_token=SecretStr("changeme"))
     with pytest.raises(ValueError, match="gateway_token"):
         Service(environment="prod", gateway_token=SecretStr("changeme"))
-    with pytest.raises(ValueError, match="mlflow.tracking_password"):
+    with pytest.raises(ValueError, match=r"mlflow\.tracking_password"):
         Service(
             environment="prod",
             mlflow=MLflowSettings(tracking_username="u", tracking_password=SecretStr("password")),

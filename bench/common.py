@@ -163,3 +163,9 @@ def export_served_code(ref: str, dest: Path) -> tuple[dict[str, str | list[str]]
         "source": f"git archive {sha} (--inference-ref {ref})",
     }
     return state, pythonpath
+
+
+def auth_headers(env: dict[str, str]) -> dict[str, str]:
+    """The local user's token (``MLOPS_TOKEN`` from ``mlops env``) as request headers."""
+    token = env.get("MLOPS_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -37,6 +37,7 @@ from common import (
     BENCH_DIR,
     ROOT,
     BenchError,
+    auth_headers,
     cpu_busy,
     elapsed,
     export_served_code,
@@ -76,8 +77,17 @@ Cell = tuple[str, int, int]  # (model key, rows per request, connections)
 PROFILES: dict[str, list[Cell]] = {
     "issue": [("lr", 1, 8), ("lr", 100, 8), ("rf", 1, 64)],
     "full": [(m, r, c) for m in ("lr", "rf", "mixed") for r in (1, 100) for c in (8, 64)],
+    # What checking a token costs: run with --servers inference,inference-noauth.
+    "auth": [("lr", 1, 8), ("lr", 1, 64)],
 }
-ALL_SERVERS = ("inference", "inference-v2", "mlflow", "mlserver", "mlserver-batching")
+ALL_SERVERS = (
+    "inference",
+    "inference-v2",
+    "inference-noauth",
+    "mlflow",
+    "mlserver",
+    "mlserver-batching",
+)
 DEFAULT_SERVERS = ("inference", "mlflow", "mlserver", "mlserver-batching")
 PER_RUN_OVERHEAD_S = 0.1  # wrk start/stop, on top of --pause
 
@@ -266,6 +276,7 @@ def check_predictions(
     model_dir: Path,
     rows: pd.DataFrame,
     bodies: dict[tuple[int, Protocol], Path],
+    env: dict[str, str],
 ) -> dict[str, Any]:
     """Every server must predict what the registered model predicts in process, on every body.
 
@@ -293,7 +304,7 @@ def check_predictions(
                 response = client.post(
                     server.url,
                     content=path.read_bytes(),
-                    headers={"content-type": "application/json"},
+                    headers={"content-type": "application/json", **auth_headers(env)},
                 )
                 if response.status_code != 200:
                     raise BenchError(
@@ -368,6 +379,19 @@ def start_servers(
         launches.append(
             launch_inference(procs, model, env, workdir, core, inference_env(args), ours)
         )
+    if "inference-noauth" in args.servers:
+        launches.append(
+            launch_inference(
+                procs,
+                model,
+                env,
+                workdir,
+                core,
+                {**inference_env(args), "INFERENCE_AUTH_ENABLED": "false"},
+                ["inference-noauth"],
+                instance="-noauth",
+            )
+        )
     if "mlflow" in args.servers:
         launches.append(launch_mlflow(procs, model, env, workdir, core))
     variants = [s for s in ("mlserver", "mlserver-batching") if s in args.servers]
@@ -388,8 +412,8 @@ def start_servers(
         )
     servers = [server for launch in launches for server in launch.wait(args.start_timeout)]
     for server in servers:
-        if server.key in ("inference", "inference-v2"):
-            check_inference_version(server, model)
+        if server.key.startswith("inference"):
+            check_inference_version(server, model, auth_headers(env))
     order = {key: i for i, key in enumerate(args.servers)}
     return sorted(servers, key=lambda s: order[s.key])
 
@@ -419,7 +443,7 @@ def bench_model(
         servers = start_servers(args, procs, model, model_dir, env, workdir)
         protocols: set[Protocol] = {s.protocol for s in servers}
         bodies, rows = write_bodies(model, row_counts, protocols, workdir)
-        checks[model.name] = check_predictions(servers, model_dir, rows, bodies)
+        checks[model.name] = check_predictions(servers, model_dir, rows, bodies, env)
         checks[model.name]["code"] = code
         log(
             f"model {model.name}: all {len(servers)} servers agree with the registered model "
@@ -437,6 +461,7 @@ def bench_model(
                     args.warmup,
                     args.load_core,
                     args.timeout,
+                    auth_headers(env).get("Authorization", ""),
                 )
             log(f"model {model.name}: warmed up ({args.warmup:g}s per server)")
         for rnd in range(1, args.rounds + 1):
@@ -456,6 +481,7 @@ def bench_model(
                         args.duration,
                         args.load_core,
                         args.timeout,
+                        auth_headers(env).get("Authorization", ""),
                     )
                     runs.append(
                         {

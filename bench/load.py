@@ -21,6 +21,11 @@ wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = "application/json"
+-- The platform's services need a token; by environment, so it is on no command line or file.
+local auth = os.getenv("BENCH_AUTHORIZATION")
+if auth and auth ~= "" then
+  wrk.headers["Authorization"] = auth
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -134,6 +139,7 @@ def run_wrk(
     duration_s: float,
     core: str,
     timeout: str = "5s",
+    authorization: str = "",
 ) -> LoadResult:
     """One wrk run: ``taskset -c CORE wrk -t1 -cN -dDs --latency --timeout 5s -s post.lua URL``."""
     argv = [
@@ -151,7 +157,7 @@ def run_wrk(
         str(lua),
         url,
     ]
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTHORIZATION": authorization}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration_s + 60)
     if proc.returncode != 0:
         raise BenchError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
-from common import BenchError, log
+from common import BenchError, auth_headers, log
 
 MIXED_URI = "s3://data/bench/mixed-churn-v1.csv"
 MIXED_TARGET = "churned"
@@ -150,9 +150,11 @@ def upload_mixed_dataset(env: dict[str, str]) -> None:
     log(f"uploaded {len(buffer.getvalue())} bytes of CSV to {MIXED_URI}")
 
 
-def champion(gateway_url: str, name: str) -> RegisteredModel | None:
+def champion(gateway_url: str, name: str, headers: dict[str, str]) -> RegisteredModel | None:
     """The model's ``champion`` version from the gateway; None when it has none yet."""
-    response = httpx.get(f"{gateway_url}/v1/models/{name}/aliases/champion", timeout=30)
+    response = httpx.get(
+        f"{gateway_url}/v1/models/{name}/aliases/champion", headers=headers, timeout=30
+    )
     if response.status_code == 404:
         return None
     if response.status_code != 200:
@@ -171,13 +173,14 @@ def champion(gateway_url: str, name: str) -> RegisteredModel | None:
 def ensure_model(spec: ModelSpec, env: dict[str, str], timeout_s: float = 600) -> RegisteredModel:
     """Train and promote ``spec`` through the trainer unless it already has a champion."""
     gateway, trainer = env["GATEWAY_URL"], env["TRAINER_URL"]
-    found = champion(gateway, spec.name)
+    headers = auth_headers(env)
+    found = champion(gateway, spec.name, headers)
     if found is not None:
         log(f"model {spec.name}: champion is v{found.version}; skipping training")
         return _with_key(found, spec.key)
     if spec.key == "mixed":
         upload_mixed_dataset(env)
-    response = httpx.post(f"{trainer}/v1/train", json=spec.train_body, timeout=60)
+    response = httpx.post(f"{trainer}/v1/train", json=spec.train_body, headers=headers, timeout=60)
     if response.status_code != 202:
         raise BenchError(
             f"trainer: POST /v1/train ({spec.name}) -> {response.status_code} {response.text}"
@@ -188,7 +191,7 @@ def ensure_model(spec: ModelSpec, env: dict[str, str], timeout_s: float = 600) -
     status = "queued"
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        job = httpx.get(f"{trainer}/v1/jobs/{job_id}", timeout=30).json()
+        job = httpx.get(f"{trainer}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
         status = str(job.get("status"))
         if status in ("succeeded", "failed"):
             break
@@ -199,7 +202,7 @@ def ensure_model(spec: ModelSpec, env: dict[str, str], timeout_s: float = 600) -
         f"model {spec.name}: trained v{job.get('model_version')} metrics {job.get('metrics')} "
         f"promoted={job.get('promoted')}"
     )
-    found = champion(gateway, spec.name)
+    found = champion(gateway, spec.name, headers)
     if found is None:
         raise BenchError(f"{spec.name} has no champion after training: {job.get('promotion')}")
     return _with_key(found, spec.key)

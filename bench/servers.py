@@ -178,6 +178,7 @@ class Server:
 SERVER_LABELS = {
     "inference": "this platform's inference",
     "inference-v2": "this platform's inference, V2 API",
+    "inference-noauth": "this platform's inference, token check off",
     "mlflow": "mlflow models serve",
     "mlserver": "MLServer (mlflow runtime)",
     "mlserver-batching": "MLServer + adaptive batching",
@@ -242,14 +243,17 @@ def launch_inference(
     core: str,
     extra_env: dict[str, str],
     keys: list[str],
+    instance: str = "",
 ) -> Launch:
     """This platform's inference service (its console script), serving ``model@champion``.
 
     ``keys``: ``inference`` (``POST /predict``) and/or ``inference-v2`` (its Open Inference
-    Protocol endpoint), both answered by the one process.
+    Protocol endpoint), both answered by the one process; ``inference-noauth`` is ``/predict``
+    of a second process started with ``INFERENCE_AUTH_ENABLED=false`` (``instance`` names it).
     """
     port = free_port()
-    cache = workdir / f"inference-cache-{model.key}"
+    suffix = f"{model.key}{instance}"
+    cache = workdir / f"inference-cache-{suffix}"
     cache.mkdir(parents=True, exist_ok=True)
     child_env = {
         **env,
@@ -262,15 +266,23 @@ def launch_inference(
     }
     argv = taskset(core, [str(venv_bin("inference"))])
     proc = procs.start(
-        f"inference[{model.name}]", argv, child_env, workdir / f"inference-{model.key}.log", workdir
+        f"inference{instance}[{model.name}]",
+        argv,
+        child_env,
+        workdir / f"inference-{suffix}.log",
+        workdir,
     )
     base = f"http://127.0.0.1:{port}"
-    urls = {"inference": f"{base}/predict", "inference-v2": f"{base}/v2/models/{model.name}/infer"}
+    urls = {
+        "inference": f"{base}/predict",
+        "inference-noauth": f"{base}/predict",
+        "inference-v2": f"{base}/v2/models/{model.name}/infer",
+    }
     servers = [
         Server(
             key,
             SERVER_LABELS[key],
-            "inference" if key == "inference" else "v2",
+            "v2" if key == "inference-v2" else "inference",
             urls[key],
             proc,
             {"port": port, "extra_env": extra_env},
@@ -280,10 +292,12 @@ def launch_inference(
     return Launch("inference", proc, [f"{base}/health"], servers, f"({model.name}@champion)")
 
 
-def check_inference_version(server: Server, model: RegisteredModel) -> None:
+def check_inference_version(
+    server: Server, model: RegisteredModel, headers: dict[str, str]
+) -> None:
     """The inference service resolves the alias itself: it must serve the version we compare."""
     base = server.url.split("/v2/", 1)[0].removesuffix("/predict")
-    info = httpx.get(f"{base}/model-info", timeout=10).json()
+    info = httpx.get(f"{base}/model-info", headers=headers, timeout=10).json()
     if int(info.get("version", -1)) != model.version:
         raise BenchError(
             f"inference serves {model.name} v{info.get('version')}, expected v{model.version} "

@@ -18,7 +18,13 @@ from mlops_stack.config import Paths, StackSecrets, StackSettings, make_private
 ALLOWED: dict[str, set[str]] = {
     "postgres": set(),
     "redis": set(),
-    "s3": set(),
+    # SeaweedFS's internal JWT keys, for the weed process alone.
+    "s3": {
+        "s3_jwt_signing_key",
+        "s3_jwt_signing_read_key",
+        "s3_jwt_filer_signing_key",
+        "s3_jwt_filer_signing_read_key",
+    },
     "mlflow": {
         "postgres_password",
         "s3_mlflow_secret_key",
@@ -155,9 +161,11 @@ def test_configuration_files_are_private_and_hold_no_plain_valkey_password(
         stack.paths.config("seaweedfs.options"),
         stack.paths.config("mlflow-auth.ini"),
         stack.paths.home / "secrets.json",
+        *stack.paths.config("seaweedfs-tls").iterdir(),
     ):
         assert _mode(path) == 0o600, path
     assert _mode(stack.paths.home) == 0o700
+    assert _mode(stack.paths.config("seaweedfs-tls")) == 0o700
 
 
 def test_older_state_is_made_private(tmp_path: Path) -> None:

@@ -149,6 +149,111 @@ class S3Identity:
     actions: tuple[str, ...]
 
 
+# SeaweedFS's gRPC mutual TLS: every [grpc.*] section of security.toml gets the one certificate
+# (SeaweedFS checks no host names), issued by a CA made for this stack.
+SEAWEEDFS_GRPC_SECTIONS = (
+    "master",
+    "volume",
+    "filer",
+    "s3",
+    "admin",
+    "worker",
+    "msg_broker",
+    "msg_agent",
+    "mq",
+    "client",
+)
+GRPC_CA_FILE = "ca.crt"
+GRPC_CERT_FILE = "weed.crt"
+GRPC_KEY_FILE = "weed.key"
+GRPC_CERT_DAYS = 3650
+GRPC_RENEW_DAYS = 30
+
+
+def ensure_grpc_tls(folder: Path) -> bool:
+    """Make the CA certificate and weed's key and certificate when missing or about to expire.
+
+    The CA's own key is only used to sign here and is never stored: no one can issue another
+    certificate the servers would accept. Returns whether new files were made.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_path, cert_path, key_path = (
+        folder / GRPC_CA_FILE,
+        folder / GRPC_CERT_FILE,
+        folder / GRPC_KEY_FILE,
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    if ca_path.exists() and key_path.exists() and cert_path.exists():
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if cert.not_valid_after_utc > now + datetime.timedelta(days=GRPC_RENEW_DAYS):
+                return False
+        except ValueError:
+            pass  # unreadable: made again below
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=GRPC_CERT_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mlops stack SeaweedFS CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seaweedfs")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    write_private(key_path, key_pem)
+    write_private(cert_path, cert.public_bytes(pem).decode())
+    write_private(ca_path, ca.public_bytes(pem).decode())
+    return True
+
+
 def _rwl(*buckets: str, write: bool = True) -> tuple[str, ...]:
     kinds = ("Read", "Write", "List") if write else ("Read", "List")
     return tuple(f"{kind}:{bucket}" for bucket in buckets for kind in kinds)
@@ -464,6 +569,31 @@ class Stack:
         """The -options file: what must not be on the command line (the admin UI's login)."""
         return f"admin.user=admin\nadmin.password={self.secrets.s3_console_password}\n"
 
+    def seaweedfs_security_env(self, tls: Path) -> dict[str, str]:
+        """security.toml as WEED_* variables: locks SeaweedFS's inner servers.
+
+        Besides the S3 API, ``weed mini`` runs a master, a volume server and a filer with HTTP
+        and gRPC ports of their own, which know nothing of the S3 identities. JWTs signed with
+        these keys guard the volume server's HTTP (the master signs every write and read) and the
+        filer's HTTP; every gRPC port requires a client certificate of the stack's private CA
+        (mutual TLS), which only the weed process holds.
+        """
+        sec = self.secrets
+        env = {
+            "WEED_JWT_SIGNING_KEY": sec.s3_jwt_signing_key,
+            "WEED_JWT_SIGNING_READ_KEY": sec.s3_jwt_signing_read_key,
+            "WEED_JWT_FILER_SIGNING_KEY": sec.s3_jwt_filer_signing_key,
+            "WEED_JWT_FILER_SIGNING_READ_KEY": sec.s3_jwt_filer_signing_read_key,
+            # No volume server UI, and no directory listings from the filer.
+            "WEED_ACCESS_UI": "false",
+            "WEED_FILER_EXPOSE_DIRECTORY_METADATA_ENABLED": "false",
+            "WEED_GRPC_CA": str(tls / GRPC_CA_FILE),
+        }
+        for section in SEAWEEDFS_GRPC_SECTIONS:
+            env[f"WEED_GRPC_{section.upper()}_CERT"] = str(tls / GRPC_CERT_FILE)
+            env[f"WEED_GRPC_{section.upper()}_KEY"] = str(tls / GRPC_KEY_FILE)
+        return env
+
     def s3(self) -> Component:
         st = self.settings
         data = self.paths.data("s3")
@@ -472,6 +602,7 @@ class Stack:
         options = self.paths.config("seaweedfs.options")
         # Its local sockets live with the stack's state, not in the shared /tmp.
         sockets = (self.paths.run / "seaweedfs-s3.sock", self.paths.run / "seaweedfs-filer.sock")
+        tls = self.paths.config("seaweedfs-tls")
         env = self._base_env()
         if minio:
             env |= {
@@ -490,6 +621,7 @@ class Stack:
         else:
             # SeaweedFS keeps objects on disk across restarts; its admin UI stands in for the console.
             p = st.s3_port
+            env |= self.seaweedfs_security_env(tls)
             command = [
                 binaries.seaweedfs(),
                 "mini",
@@ -505,12 +637,17 @@ class Stack:
                 f"-admin.port={st.s3_console_port}",
                 f"-admin.port.grpc={st.s3_console_port + 10000}",
                 "-admin.ui=true",
-                "-master.port=9333",
-                "-master.port.grpc=19333",
-                "-volume.port=9340",
-                "-volume.port.grpc=19340",
-                "-filer.port=8888",
-                "-filer.port.grpc=18888",
+                f"-master.port={st.s3_master_port}",
+                f"-master.port.grpc={st.s3_master_port + 10000}",
+                f"-volume.port={st.s3_volume_port}",
+                f"-volume.port.grpc={st.s3_volume_port + 10000}",
+                f"-filer.port={st.s3_filer_port}",
+                f"-filer.port.grpc={st.s3_filer_port + 10000}",
+                # The master's and the filer's HTTP APIs take no JWT for much (the master's hands
+                # out volume JWTs and deletes collections): off. The S3 gateway and the admin UI
+                # use gRPC; the volume server's HTTP (the data path) checks the master's JWTs.
+                "-disableHttp",
+                "-filer.exposeDirectoryData=false",
                 "-master.telemetry=false",
                 "-webdav=false",
                 "-s3.port.iceberg=0",
@@ -522,6 +659,7 @@ class Stack:
             if not minio:
                 write_private(identities, self.seaweedfs_identities())
                 write_private(options, self.seaweedfs_options())
+                ensure_grpc_tls(tls)
                 for sock in sockets:  # left by a previous run
                     sock.unlink(missing_ok=True)
 
@@ -539,7 +677,13 @@ class Stack:
                 if bucket not in existing:
                     client.create_bucket(Bucket=bucket)
 
-        extra = () if minio else (9333, 9340, 8888)
+        extra: tuple[int, ...] = ()
+        if not minio:
+            inner = (st.s3_master_port, st.s3_volume_port, st.s3_filer_port)
+            # gRPC: the inner servers', the S3 gateway's and the admin UI's (its worker always
+            # dials the admin UI's port + 10000).
+            grpc = (*inner, st.s3_port, st.s3_console_port)
+            extra = (*inner, *(port + 10000 for port in grpc))
         return Component(
             name="s3",
             url=f"{self.s3_endpoint} (console http://{self.host}:{st.s3_console_port})",

@@ -42,6 +42,11 @@ class StackSettings(BaseSettings):
     redis_port: int = 6379
     s3_port: int = 9000
     s3_console_port: int = 9001
+    # SeaweedFS's inner servers (HTTP; each one's gRPC port is 10000 above it). Only the S3 API
+    # above is for clients: these refuse requests without the stack's JWTs or TLS certificate.
+    s3_master_port: int = 9333
+    s3_volume_port: int = 9340
+    s3_filer_port: int = 8888
     mlflow_port: int = 5050
     inference_port: int = 8800
     trainer_port: int = 8810
@@ -91,6 +96,11 @@ def _secret_key() -> str:
     return secrets.token_urlsafe(30)
 
 
+def _jwt_key() -> str:
+    # HS256 keys: 256 bits.
+    return secrets.token_urlsafe(32)
+
+
 @dataclass(frozen=True)
 class StackSecrets:
     """Credentials generated on the first ``up`` and kept (mode 0600) in the state directory.
@@ -128,6 +138,12 @@ class StackSecrets:
     s3_user_secret_key: str = field(default_factory=_secret_key)
     # SeaweedFS admin UI (the "console"): user "admin".
     s3_console_password: str = field(default_factory=_password)
+    # SeaweedFS's internal JWT signing keys: volume writes and reads (signed by the master),
+    # filer HTTP writes and reads (signed by its S3 gateway). Only the weed process holds them.
+    s3_jwt_signing_key: str = field(default_factory=_jwt_key)
+    s3_jwt_signing_read_key: str = field(default_factory=_jwt_key)
+    s3_jwt_filer_signing_key: str = field(default_factory=_jwt_key)
+    s3_jwt_filer_signing_read_key: str = field(default_factory=_jwt_key)
     # MLflow basic auth: its admin (the local user), the services' users, its session key.
     mlflow_admin_password: str = field(default_factory=_password)
     mlflow_trainer_password: str = field(default_factory=_password)

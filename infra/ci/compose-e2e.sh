@@ -13,7 +13,9 @@
 #   official  a machine with Docker and a registry (GitHub Actions): the official base images,
 #             compose.yaml alone.
 #
-# A throwaway env file with random secrets is written for the run; the stack is always torn down
+# A throwaway env file with random secrets is written for the run (mode 0600); the tests get the
+# operator's credentials from it (admin API token, MLflow admin, S3 identity `user`), Valkey's URL
+# without any (anonymous clients must be refused). The stack is always torn down
 # (`down -v --remove-orphans`), also when a test fails or the script is interrupted. A Docker
 # engine this script started is stopped again (its data root, with the cached images, stays).
 # Prints a timed line per phase; exits with pytest's status (no tests collected counts as failure).
@@ -199,23 +201,30 @@ fi
 
 # ---- tests ----------------------------------------------------------------------------------------
 phase "e2e tests (tests/e2e against compose)"
-set -a
+# The env file's values as shell variables, not exported: the tests get only what is exported
+# below (the operator's credentials), not every component's secrets.
 # shellcheck disable=SC1090
 . "$env_file"
-set +a
 host=$BIND_ADDRESS
 export E2E_STACK=external
 export TRAINER_URL=http://$host:8810 GATEWAY_URL=http://$host:8820 INFERENCE_URL=http://$host:8800
 export S3_ENDPOINT_URL=http://$host:9000 MLFLOW_S3_ENDPOINT_URL=http://$host:9000
-export S3_ACCESS_KEY_ID=$S3_ACCESS_KEY S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY
-export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
+# The operator's identities, as `mlops env` gives them for the local stack: the admin API token,
+# MLflow's admin, the S3 identity `user` (read/write on data and mlflow, no bucket administration).
+export MLOPS_TOKEN=$MLOPS_ADMIN_TOKEN
+export MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$MLFLOW_ADMIN_PASSWORD
+export S3_ACCESS_KEY_ID=$S3_USER_ACCESS_KEY S3_SECRET_ACCESS_KEY=$S3_USER_SECRET_KEY
+export AWS_ACCESS_KEY_ID=$S3_USER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_USER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
+# Inference's identity, for the test that shows it can read models but neither write nor delete.
+export E2E_INFERENCE_S3_ACCESS_KEY_ID=$S3_INFERENCE_ACCESS_KEY
+export E2E_INFERENCE_S3_SECRET_ACCESS_KEY=$S3_INFERENCE_SECRET_KEY
 export MLFLOW_TRACKING_URI=http://$host:5050
 # MLflow clients outside the compose network download artifacts through the server: the presigned
 # S3 URLs the server would hand out name the S3 endpoint as the containers see it (minio:9000).
 export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false
-export PLATFORM_DB_URL=postgresql+psycopg2://mlops:$POSTGRES_PASSWORD@$host:5432/platform
-export REDIS_URL=redis://:$REDIS_PASSWORD@$host:6379/0
-export AIRFLOW_URL=http://$host:8080 AIRFLOW_USERNAME=mlops AIRFLOW_PASSWORD
+# Without credentials on purpose: a test checks that anonymous clients get NOAUTH.
+export REDIS_URL=redis://$host:6379/0
+export AIRFLOW_URL=http://$host:8080 AIRFLOW_USERNAME=mlops AIRFLOW_PASSWORD=$AIRFLOW_PASSWORD
 unset MLOPS_HOME
 # The tests that SIGKILL a component (the trainer worker mid-job, the trainer API) do it through
 # compose and start it again, as an orchestrator would.

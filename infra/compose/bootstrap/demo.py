@@ -7,6 +7,7 @@ every start: a second `up` finds the finished job instead of training again.
 
 Standard library only; runs in the trainer image. Settings (environment):
   TRAINER_URL, INFERENCE_URL   where the services answer (compose service names)
+  MLOPS_TOKEN                  the API token sent as `Authorization: Bearer` (the operator's)
   DEMO_MODEL, DEMO_DATASET     demo / breast_cancer
   DEMO_ENABLED                 "false" skips the demo (the job then only exits 0)
 """
@@ -27,8 +28,12 @@ SERVE_TIMEOUT_S = 180.0
 
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
+    headers = {"content-type": "application/json"}
+    token = os.environ.get("MLOPS_TOKEN")
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     request = urllib.request.Request(  # noqa: S310 - URLs come from the compose file
-        url, data=data, method=method, headers={"content-type": "application/json"}
+        url, data=data, method=method, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
@@ -49,6 +54,9 @@ def main() -> int:
     if os.environ.get("DEMO_ENABLED", "true").lower() in ("0", "false", "no"):
         log("DEMO_ENABLED is false: no demo model")
         return 0
+    if not os.environ.get("MLOPS_TOKEN"):
+        log("MLOPS_TOKEN is not set: the trainer's API needs a token")
+        return 1
     trainer = os.environ.get("TRAINER_URL", "http://trainer:8810").rstrip("/")
     inference = os.environ.get("INFERENCE_URL", "http://inference:8800").rstrip("/")
     model = os.environ.get("DEMO_MODEL", "demo")

@@ -200,6 +200,8 @@ class FakeGateway:
     fail_with: int | None = None
     calls: int = 0
     introspections: int = 0
+    # Introspection requests to drop as a closed kept-alive connection would.
+    dropped_introspections: int = 0
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
@@ -207,6 +209,9 @@ class FakeGateway:
             return httpx.Response(self.fail_with, json={"error": {"message": "gateway broke"}})
         if request.url.path == "/v1/tokens/introspect" and request.method == "POST":
             self.introspections += 1
+            if self.dropped_introspections > 0:
+                self.dropped_introspections -= 1
+                raise httpx.RemoteProtocolError("Server disconnected", request=request)
             token = json.loads(request.content)["token"]
             return httpx.Response(200, json=self.tokens.get(token, {"active": False}))
         parts = request.url.path.split("/")

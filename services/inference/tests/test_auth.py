@@ -129,3 +129,16 @@ async def test_auth_off_is_explicit_and_warned_about(
     assert "INFERENCE_AUTH_ENABLED is false" in caplog.text
     assert gateway.introspections == 0
     assert CALLER_TOKEN not in caplog.text
+
+
+async def test_a_dropped_connection_to_the_gateway_is_retried_not_a_503(
+    service: Any, gateway: Any
+) -> None:
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        gateway.dropped_introspections = 2
+        response = await svc.client.get("/model-info")
+
+    assert response.status_code == 200
+    assert gateway.introspections == 3

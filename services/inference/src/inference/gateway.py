@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from inference.model import ModelVersion
 
+INTROSPECTION_ATTEMPTS = 3
+
 
 class GatewayError(Exception):
     """The gateway could not be asked, or answered something unusable."""
@@ -49,12 +51,7 @@ class GatewayClient:
 
     async def introspect(self, token: str) -> Principal | None:
         """What the gateway knows of a caller's token (``None``: not an active token)."""
-        try:
-            response = await self._client.post("/v1/tokens/introspect", json={"token": token})
-        except httpx.HTTPError as exc:
-            raise ServiceUnavailable(
-                f"cannot check the token: the gateway is unreachable ({type(exc).__name__})"
-            ) from exc
+        response = await self._introspection(token)
         if response.status_code != 200:
             raise ServiceUnavailable(
                 f"cannot check the token: the gateway answered {response.status_code} "
@@ -70,6 +67,25 @@ class GatewayClient:
             models=str(body.get("models") or "*"),
             expires_at=datetime.fromisoformat(expires) if expires else None,
         )
+
+    async def _introspection(self, token: str) -> httpx.Response:
+        # A POST is not retried by the transport, but asking twice changes nothing, and a
+        # kept-alive connection the gateway closed at the same moment is common enough.
+        for attempt in range(INTROSPECTION_ATTEMPTS):
+            try:
+                return await self._client.post("/v1/tokens/introspect", json={"token": token})
+            except (httpx.RemoteProtocolError, httpx.ConnectError) as exc:
+                if attempt + 1 == INTROSPECTION_ATTEMPTS:
+                    raise _unreachable(exc) from exc
+            except httpx.HTTPError as exc:
+                raise _unreachable(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _unreachable(exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"cannot check the token: the gateway is unreachable ({type(exc).__name__})"
+    )
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -262,6 +262,8 @@ def launch_inference(
         "INFERENCE_HOST": "127.0.0.1",
         "INFERENCE_GATEWAY_URL": env["GATEWAY_URL"],
         "INFERENCE_CACHE_DIR": str(cache),
+        # The local user's token resolves the alias and checks callers' tokens at the gateway.
+        "INFERENCE_GATEWAY_TOKEN": env.get("MLOPS_TOKEN", ""),
         **extra_env,
     }
     argv = taskset(core, [str(venv_bin("inference"))])

@@ -27,9 +27,11 @@ from inference.settings import InferenceSettings
 from mlops_common.http import make_async_client
 from mlops_common.settings import S3Settings
 from mlops_common.storage import S3Uri
+from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from pydantic import SecretStr
 
 BUCKET = "mlflow"
+TRUSTED = list(PLATFORM_TRUSTED_TYPES)
 CATEGORICAL = ["city", "plan"]
 
 
@@ -91,7 +93,8 @@ def _save(model: Any, path: Path, frame: pd.DataFrame, target: Any, **kwargs: An
             input_example=frame.head(3) if kwargs.pop("example", True) else None,
             # Given explicitly: guessing requirements takes MLflow many seconds.
             pip_requirements=["scikit-learn"],
-            **kwargs,
+            # As the trainer saves them: skops, the only format inference loads.
+            **{"serialization_format": "skops", "skops_trusted_types": TRUSTED, **kwargs},
         )
 
 
@@ -126,30 +129,15 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
 
     names = ("churn-v1", "churn-v2", "prices-v1", "bare-v1", "mixed-v1")
     dirs = {name: root / name for name in names}
-    _save(v1, dirs["churn-v1"], frame, labels, serialization_format="cloudpickle")
-    _save(v2, dirs["churn-v2"], frame, labels, serialization_format="cloudpickle")
-    _save(
-        regressor,
-        dirs["prices-v1"],
-        reg_frame,
-        reg_target,
-        serialization_format="skops",
-        skops_trusted_types=["numpy.dtype"],
-    )
-    _save(mixed, dirs["mixed-v1"], mixed_frame, labels, serialization_format="cloudpickle")
-    _save(
-        v1,
-        dirs["bare-v1"],
-        frame,
-        labels,
-        serialization_format="cloudpickle",
-        signature=False,
-        example=False,
-    )
-    # A version whose MLmodel is fine but whose pickle is garbage.
+    _save(v1, dirs["churn-v1"], frame, labels)
+    _save(v2, dirs["churn-v2"], frame, labels)
+    _save(regressor, dirs["prices-v1"], reg_frame, reg_target, skops_trusted_types=["numpy.dtype"])
+    _save(mixed, dirs["mixed-v1"], mixed_frame, labels)
+    _save(v1, dirs["bare-v1"], frame, labels, signature=False, example=False)
+    # A version whose MLmodel is fine but whose model file is garbage.
     dirs["churn-broken"] = root / "churn-broken"
     shutil.copytree(dirs["churn-v1"], dirs["churn-broken"])
-    (dirs["churn-broken"] / "model.pkl").write_bytes(b"this is not a pickle")
+    (dirs["churn-broken"] / "model.skops").write_bytes(b"this is not a skops file")
     return Artifacts(
         dirs=dirs,
         pipelines={"churn-v1": v1, "churn-v2": v2, "prices-v1": regressor, "mixed-v1": mixed},
@@ -333,10 +321,15 @@ ServiceFactory = Callable[..., AbstractAsyncContextManager[Service]]
 def service(
     tmp_path: Path, store: FakeStore, gateway: FakeGateway, clock: FakeClock, anyio_backend: str
 ) -> ServiceFactory:
-    """``async with service("churn") as svc``: an app whose manager the test drives by hand."""
+    """``async with service("churn") as svc``: an app whose manager the test drives by hand.
+
+    ``artifact_store`` replaces the ``FakeStore`` the manager downloads from.
+    """
 
     @asynccontextmanager
-    async def factory(model_name: str = "churn", **overrides: Any) -> AsyncIterator[Service]:
+    async def factory(
+        model_name: str = "churn", artifact_store: Any = None, **overrides: Any
+    ) -> AsyncIterator[Service]:
         settings = make_settings(tmp_path, model_name=model_name, **overrides)
         gateway_client = make_async_client(
             "http://gateway.test", transport=httpx.MockTransport(gateway.handler)
@@ -345,7 +338,7 @@ def service(
             model_name=settings.model_name,
             alias=settings.model_alias,
             gateway=GatewayClient(gateway_client),
-            store=store,
+            store=store if artifact_store is None else artifact_store,
             cache_dir=settings.cache_dir,
             clock=clock,
         )

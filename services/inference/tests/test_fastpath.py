@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from inference.model import ModelVersion, SklearnModel
 from inference.validation import build_frame
+from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
@@ -70,7 +71,8 @@ def served(tmp_path: Path, model: Any, frame: pd.DataFrame, target: Any) -> Skle
             signature=infer_signature(frame, target),
             input_example=frame.head(3),
             pip_requirements=["scikit-learn"],
-            serialization_format="cloudpickle",
+            serialization_format="skops",
+            skops_trusted_types=list(PLATFORM_TRUSTED_TYPES),
         )
     loaded = SklearnModel(
         path, ModelVersion(name="m", version=1, alias="champion", artifact_uri="s3://m/1")

@@ -112,7 +112,7 @@ async def test_broken_version_keeps_the_old_one_serving(
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
-        gateway.set_alias("churn", 3)  # MLmodel fine, model.pkl garbage
+        gateway.set_alias("churn", 3)  # MLmodel fine, model.skops garbage
         assert not await svc.manager.poll_once()
         health = (await svc.client.get("/health")).json()
         served = (await svc.post_json("/predict", {"instances": [ROW]})).json()
@@ -143,7 +143,7 @@ async def test_broken_version_keeps_the_old_one_serving(
     assert health["model"]["version"] == 1
     assert health["pending_version"] == 3
     assert "churn version 3" in health["last_error"]
-    assert "model.pkl" in health["last_error"]
+    assert "model.skops" in health["last_error"]
     assert served["model"]["version"] == 1
     assert removed["status"] == "ok"
     assert removed["last_error"] is None

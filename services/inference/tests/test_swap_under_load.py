@@ -50,7 +50,7 @@ async def test_a_version_that_fails_its_check_is_not_swapped_in(service: Any, ga
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
-        gateway.set_alias("churn", 3)  # its pickle is garbage
+        gateway.set_alias("churn", 3)  # its model file is garbage
         assert not await svc.manager.poll_once()
         response = await svc.post_json("/predict", {"instances": ROWS})
         health = (await svc.client.get("/health")).json()

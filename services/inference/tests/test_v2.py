@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from importlib.metadata import version
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import tritonclient.http as triton
 from inference.v2 import build_rows
@@ -508,7 +510,8 @@ async def test_tritonclient_defaults_binary_tensors_both_ways(
     service: Any, gateway: Any, artifacts: Any
 ) -> None:
     frame = artifacts.frames["churn"].iloc[:12].copy()
-    frame.loc[frame.index[0], "age"] = np.nan  # a missing value, as raw FP64 NaN bytes
+    # Binary FP64 data has no missing value: NaN bytes are refused (see the test below).
+    frame["age"] = frame["age"].fillna(40.0)
     frame["city"] = frame["city"].fillna("paris")
     columns = _churn_columns(frame)
     # tritonclient's defaults: binary inputs, no outputs named, so every output comes back binary.
@@ -688,3 +691,99 @@ def test_binary_columns_get_base64_as_predict_takes_them() -> None:
         [_tensor("blob", [1], "BYTES", ["aGk="], parameters={"content_type": "base64"})], schema
     )
     assert plain == encoded == [["aGk="]]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [("FP64", math.nan), ("FP64", math.inf), ("FP32", -math.inf), ("FP32", math.nan)],
+    ids=["fp64-nan", "fp64-inf", "fp32-minus-inf", "fp32-nan"],
+)
+async def test_binary_non_finite_numbers_are_a_422_naming_the_input(
+    service: Any, gateway: Any, datatype: str, value: float
+) -> None:
+    # Re-encoded as JSON they used to become null: a missing value, scored as such.
+    columns = _churn_columns(pd.DataFrame([GOOD, GOOD]))
+    numpy_type = {"FP32": np.float32, "FP64": np.float64}[datatype]
+    columns["income"] = np.array([[50_000.0], [value]], dtype=numpy_type)
+    kinds = {**TRITON_DATATYPES, "float32": "FP32"}
+    tensors = []
+    for name, array in columns.items():
+        tensor = triton.InferInput(name, list(array.shape), kinds[array.dtype.name])
+        tensor.set_data_from_numpy(array, binary_data=True)
+        tensors.append(tensor)
+    body, json_size = triton.InferenceServerClient.generate_request_body(tensors)
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        response = await svc.client.post(
+            INFER, content=bytes(body), headers={"Inference-Header-Content-Length": str(json_size)}
+        )
+    assert response.status_code == 422, response.text
+    error = v2_error(response)
+    assert error["field"] == f"inputs[{FEATURES.index('income')}].data"
+    assert "'income'" in error["message"]
+    assert f"element 1 is {value}" in error["message"]
+
+
+def _binary_body(name: str, shape: list[int], datatype: str, blob: bytes) -> tuple[bytes, str]:
+    tensor = {
+        "name": name,
+        "shape": shape,
+        "datatype": datatype,
+        "parameters": {"binary_data_size": len(blob)},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    return header + blob, str(len(header))
+
+
+SHAPE_CASES: list[tuple[str, list[int], bytes, str, str]] = [
+    ("zero rows", [0], b"", "inputs[0].shape", "at least one row"),
+    ("zero rows, 2-D", [0, 6], b"", "inputs[0].shape", "at least one row"),
+    ("zero columns", [2, 0], b"", "inputs[0].shape", "at least one column"),
+    ("zero columns, one row", [1, 0], b"", "inputs[0].shape", "at least one column"),
+    ("negative", [-1], b"", "inputs[0].shape", "at least one row"),
+    ("negative width", [2, -3], b"", "inputs[0].shape", ""),
+    ("3-D", [1, 1, 1], b"\x00" * 8, "inputs[0].shape", ""),
+    ("scalar", [], b"\x00" * 8, "inputs[0].shape", ""),
+    ("more values than the shape", [1], b"\x00" * 16, "inputs[0].shape", "holds 1 values"),
+    ("huge shape", [2**62, 2**62], b"\x00" * 8, "inputs[0].shape", ""),
+]
+
+
+@pytest.mark.parametrize("model", ["churn", "bare"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize(
+    ("shape", "blob", "field", "message"),
+    [case[1:] for case in SHAPE_CASES],
+    ids=[case[0] for case in SHAPE_CASES],
+)
+async def test_empty_and_broken_shapes_are_a_4xx_naming_the_field(
+    service: Any,
+    gateway: Any,
+    model: str,
+    binary: bool,
+    shape: list[int],
+    blob: bytes,
+    field: str,
+    message: str,
+) -> None:
+    name = "age" if model == "churn" else "t"
+    if binary:
+        content, length = _binary_body(name, shape, "FP64", blob)
+        headers = {"Inference-Header-Content-Length": length}
+    else:
+        data = np.frombuffer(blob, dtype="<f8").tolist()
+        content = json.dumps(
+            {"inputs": [{"name": name, "shape": shape, "datatype": "FP64", "data": data}]}
+        ).encode()
+        headers = {"content-type": "application/json"}
+    gateway.set_alias(model, 1)
+    async with service(model) as svc:
+        await svc.manager.poll_once()
+        response = await svc.client.post(
+            f"/v2/models/{model}/infer", content=content, headers=headers
+        )
+    assert 400 <= response.status_code < 500, response.text
+    error = v2_error(response)
+    assert error["field"] == field
+    assert message in error["message"]

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from mlops_common.errors import PlatformError
+from mlops_common.errors import PayloadTooLarge
 
-
-class PayloadTooLarge(PlatformError):
-    status_code = 413
-    code = "payload_too_large"
+__all__ = ["ModelLoadError", "ModelRejected", "PayloadTooLarge"]
 
 
 class ModelLoadError(Exception):
     """A model version could not be downloaded, loaded or verified; the message says why."""
+
+
+class ModelRejected(ModelLoadError):
+    """A model version refused on purpose, before any of its bytes were deserialized.
+
+    Its artifacts ask for something inference never does for a model: unpickle it, run code it
+    ships, trust types it names, load another flavor, or write files outside its directory.
+    Counted apart from other load failures (``inference_model_events_total{event="rejected"}``).
+    """
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -4,7 +4,9 @@ A background task asks the gateway every ``poll_interval_s`` which version the a
 A new version is downloaded, loaded and checked off the event loop, then swapped in with a single
 reference assignment: requests already running keep the model object they started with. When
 anything fails the old model keeps serving, the failure is recorded in ``last_error``, and that
-same version is retried only with exponential backoff.
+same version is retried only with exponential backoff. Artifacts that ask for code to be run
+(pickles, shipped code, untrusted types) or files to be written outside the model's folder are
+refused the same way (see ``safe_load`` and ``artifacts``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Protocol
 
 from mlops_common.errors import PlatformError
-from mlops_common.storage import S3Uri, S3UriError
+from mlops_common.storage import ObjectStore, S3Uri, S3UriError
 
-from inference.errors import ModelLoadError, describe_exception
+from inference.artifacts import SafeArtifactStore
+from inference.errors import ModelLoadError, ModelRejected, describe_exception
 from inference.gateway import AliasMissing, GatewayClient, GatewayError
 from inference.model import ModelVersion, ServedModel, load_served_model
 from inference.settings import InferenceSettings
@@ -69,7 +72,10 @@ class ModelManager:
         self.model_name = model_name
         self.alias = alias
         self._gateway = gateway
-        self._store = store
+        # The object store's own download_prefix writes keys wherever they point; see artifacts.
+        self._store: ArtifactStore = (
+            SafeArtifactStore(store) if isinstance(store, ObjectStore) else store
+        )
         self._cache_dir = cache_dir
         self._poll_interval_s = poll_interval_s
         self._loader = loader
@@ -85,7 +91,8 @@ class ModelManager:
         self._failures: dict[tuple[int, str], _Failure] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        # Told "swapped" or "load_failed" (for /metrics); a no-op unless the app sets it.
+        # Told "swapped", "rejected" (artifacts refused by safe_load or the download) or
+        # "load_failed" (any other failure), for /metrics; a no-op unless the app sets it.
         self.on_event: Callable[[str], None] = lambda _event: None
         self._task: asyncio.Task[None] | None = None
 
@@ -215,7 +222,7 @@ class ModelManager:
             model = await asyncio.to_thread(self._prepare, target)
         except Exception as exc:
             self._record_failure(target, exc)
-            self.on_event("load_failed")
+            self.on_event("rejected" if isinstance(exc, ModelRejected) else "load_failed")
             return False
         previous = self._current
         self._current = model  # the swap: one reference assignment

@@ -30,11 +30,12 @@ def install_inference_metrics(
     compiled.set_function(lambda: 1 if manager.current is not None and manager.current.fast else 0)
     events = Counter(
         "inference_model_events_total",
-        "Model swaps and versions that failed to download, load or verify",
+        "Model swaps, versions refused for what their artifacts ask for (rejected), and versions "
+        "that failed to download, load or verify otherwise (load_failed)",
         ["event"],
         registry=registry,
     )
-    for event in ("swapped", "load_failed"):
+    for event in ("swapped", "rejected", "load_failed"):
         events.labels(event)
     manager.on_event = lambda event: events.labels(event).inc()
     rejected = Counter(

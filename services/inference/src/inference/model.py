@@ -1,5 +1,8 @@
 """A served model: version metadata, loading from a local MLflow model dir, predicting.
 
+Models are loaded by ``safe_load``, never by ``mlflow.sklearn.load_model``: only skops files,
+trusting only the platform's types, and nothing an artifact ships is run.
+
 ``ServedModel`` is the seam for other flavors; only scikit-learn exists today.
 """
 
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from inference.errors import ModelLoadError, describe_exception
 from inference.fastpath import CompiledPipeline, Decoded, Unsupported, compile_pipeline
+from inference.safe_load import check_model_dir, load_skops
 from inference.validation import InputColumn, InputSchema
 
 log = logging.getLogger(__name__)
@@ -135,20 +139,12 @@ class SklearnModel:
         return self._input_example
 
     def load(self) -> None:
-        # Imported here: mlflow.sklearn pulls in a lot, and only loading needs it.
-        import mlflow.sklearn
         import sklearn
-        from mlflow.models import Model
+        from mlflow.models.signature import ModelSignature
 
-        mlmodel_path = self.local_dir / "MLmodel"
-        if not mlmodel_path.is_file():
-            raise ModelLoadError(f"no MLmodel file in the artifacts ({self._meta.artifact_uri})")
-        mlmodel = Model.load(str(mlmodel_path))
-        conf = mlmodel.flavors.get("sklearn")
-        if conf is None:
-            raise ModelLoadError(
-                f"not an sklearn-flavor model (flavors: {', '.join(mlmodel.flavors) or 'none'})"
-            )
+        # Read as data and checked before anything is deserialized; see safe_load.
+        checked = check_model_dir(self.local_dir)
+        conf = checked.sklearn
         trained_with = conf.get("sklearn_version")
         if trained_with and trained_with != sklearn.__version__:
             log.warning(
@@ -159,22 +155,21 @@ class SklearnModel:
                 sklearn.__version__,
             )
         try:
-            estimator = mlflow.sklearn.load_model(str(self.local_dir))
+            signature = ModelSignature.from_dict(checked.signature) if checked.signature else None
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {conf.get('pickled_model')} "
-                f"({conf.get('serialization_format', 'pickle')}): {describe_exception(exc)}"
+                f"the MLmodel's signature is unreadable: {describe_exception(exc)}"
             ) from exc
+        estimator = load_skops(checked.model_file)
         if not hasattr(estimator, "predict"):
             raise ModelLoadError(f"the loaded {type(estimator).__name__} has no predict()")
-        signature = mlmodel.signature
         if signature is not None:
             self._signature = {
                 "inputs": signature.inputs.to_dict() if signature.inputs else None,
                 "outputs": signature.outputs.to_dict() if signature.outputs else None,
             }
             self._input_schema = _input_schema(signature.inputs)
-        self._input_example = _read_input_example(self.local_dir, mlmodel.saved_input_example_info)
+        self._input_example = _read_input_example(checked.input_example)
         self._estimator = estimator
         if self._want_fast:
             self.fast, self.call_cost_s = _compile_checked(
@@ -317,15 +312,14 @@ def _input_schema(inputs: Any) -> InputSchema | None:
     return InputSchema(tuple(columns))
 
 
-def _read_input_example(local_dir: Path, info: dict[str, Any] | None) -> list[Any] | None:
+def _read_input_example(path: Path | None) -> list[Any] | None:
     """The saved example as the rows a client would send.
 
     Read as raw JSON rather than through MLflow's loader, so the load check goes through the
     same validation and conversion as a real request.
     """
-    if not info or "artifact_path" not in info:
+    if path is None:
         return None
-    path = local_dir / info["artifact_path"]
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

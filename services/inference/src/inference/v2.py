@@ -272,6 +272,11 @@ def _table_rows(tensor: RequestInput, columns: Sequence[InputColumn]) -> list[li
     _check_datatype(0, tensor)
     shape = tensor.shape
     width = shape[1] if len(shape) == 2 else 1
+    if width < 1:
+        raise Unprocessable(
+            f"a [n, k] tensor needs at least one column (k >= 1), got {_shape(shape)}",
+            field="inputs[0].shape",
+        )
     if columns and width != len(columns):
         raise Unprocessable(
             f"a single tensor must be [n, {len(columns)}], one column per signature input in "

@@ -69,7 +69,7 @@ def unpack_request(raw: bytes, header_length: str) -> bytes:
                 "after the header and the inputs before it",
                 field=f"inputs[{i}].parameters.binary_data_size",
             )
-        tensor["data"] = _values(i, tensor.get("datatype"), raw[offset : offset + size])
+        tensor["data"] = _values(i, tensor, raw[offset : offset + size])
         offset += size
     if offset != len(raw):
         raise Unprocessable(
@@ -79,7 +79,8 @@ def unpack_request(raw: bytes, header_length: str) -> bytes:
     return orjson.dumps(request)
 
 
-def _values(i: int, datatype: Any, chunk: bytes) -> list[Any]:
+def _values(i: int, tensor: dict[str, Any], chunk: bytes) -> list[Any]:
+    datatype = tensor.get("datatype")
     if datatype == "BYTES":
         return _strings(i, chunk)
     dtype = NUMPY_TYPES.get(datatype) if isinstance(datatype, str) else None
@@ -93,8 +94,30 @@ def _values(i: int, datatype: Any, chunk: bytes) -> list[Any]:
             f"({dtype.itemsize} bytes each)",
             field=f"inputs[{i}].parameters.binary_data_size",
         )
-    values: list[Any] = np.frombuffer(chunk, dtype=dtype).tolist()
+    array = np.frombuffer(chunk, dtype=dtype)
+    if dtype.kind == "f":
+        _check_finite(i, tensor, array)
+    values: list[Any] = array.tolist()
     return values
+
+
+def _check_finite(i: int, tensor: dict[str, Any], array: np.ndarray[Any, Any]) -> None:
+    """Refuse NaN and infinities, as ``/predict`` refuses non-finite numbers.
+
+    Re-encoded as JSON they would become null, a missing value: a model would silently score
+    an infinity as a gap. Binary data has no missing value; JSON ``data`` has null for that.
+    """
+    bad = np.flatnonzero(~np.isfinite(array))
+    if not bad.size:
+        return
+    first = int(bad[0])
+    raise Unprocessable(
+        f"input {tensor.get('name')!r}: element {first} is {float(array[first])}"
+        f"{f' (and {bad.size - 1} more)' if bad.size > 1 else ''}; expected finite numbers "
+        f"(binary {tensor.get('datatype')} data cannot hold a missing value: send this input "
+        "as JSON data with null for missing values)",
+        field=f"inputs[{i}].data",
+    )
 
 
 def _strings(i: int, chunk: bytes) -> list[Any]:

@@ -3,9 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.preprocessing import FunctionTransformer
+from trainer.algorithms import ALGORITHMS
 from trainer.datasets import frame_digest, load_builtin
 from trainer.pipeline import build_pipeline, evaluate, infer_task, normalise_categoricals
+from trainer.training import trusted_types
 
 
 def mixed_frame(n: int = 200) -> tuple[pd.DataFrame, pd.Series]:
@@ -69,3 +73,28 @@ def test_none_and_nan_are_the_same_missing_category() -> None:
     )
     as_nan = rows.astype({"age": float}).where(rows.notna(), np.nan)
     np.testing.assert_array_equal(model.predict_proba(rows), model.predict_proba(as_nan))
+
+
+@pytest.mark.parametrize(
+    ("task", "name"),
+    [(task, name) for task, by_task in ALGORITHMS.items() for name in by_task],
+)
+def test_every_pipeline_is_saved_with_types_inference_will_load(task: str, name: str) -> None:
+    """The platform's trusted-types list (one place) covers every pipeline the trainer builds."""
+    features, target = mixed_frame()
+    labels = target if task == "classification" else features["age"].fillna(40.0)
+    estimator = ALGORITHMS[task][name].build(
+        {"n_estimators": 3} if "forest" in name or name == "gradient_boosting" else {}
+    )  # type: ignore[index]
+    pipeline = build_pipeline(features, estimator).fit(features, labels)
+
+    assert set(trusted_types(pipeline)) <= set(PLATFORM_TRUSTED_TYPES)
+
+
+def test_a_pipeline_holding_a_foreign_type_is_refused_before_it_is_logged() -> None:
+    features, target = mixed_frame()
+    pipeline = build_pipeline(features, LogisticRegression()).fit(features, target)
+    pipeline.steps.append(("hook", FunctionTransformer(abs)))
+
+    with pytest.raises(ValueError, match="will not load"):
+        trusted_types(pipeline)

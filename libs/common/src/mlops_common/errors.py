@@ -87,6 +87,25 @@ class Unprocessable(PlatformError):
     code = "invalid_input"
 
 
+class PayloadTooLarge(PlatformError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class TooManyRequests(PlatformError):
+    """429 with ``Retry-After``: the request is fine, the service cannot take it now."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class ServiceUnavailable(PlatformError):
     status_code = 503
     code = "unavailable"

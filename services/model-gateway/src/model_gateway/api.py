@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
-from mlops_common.auth import Principal, requires
+from mlops_common.auth import NAME_PATTERN, Principal, requires
 from mlops_common.errors import Unprocessable
 
-from model_gateway.handlers import GatewayHandler
+from model_gateway.handlers import (
+    MAX_NAME_LENGTH,
+    MODEL_NAME_PATTERN,
+    READABLE_ALIAS_PATTERN,
+    SETTABLE_ALIAS_PATTERN,
+    GatewayHandler,
+)
 from model_gateway.schemas import (
     AliasMove,
     AuditHistory,
@@ -65,8 +71,33 @@ ModelReader = Annotated[Principal, Depends(requires("models:read", model_param="
 ModelPromoter = Annotated[Principal, Depends(requires("models:promote", model_param="name"))]
 Admin = Annotated[Principal, Depends(requires("admin"))]
 Introspector = Annotated[Principal, Depends(requires("tokens:introspect"))]
-ModelName = Annotated[str, Path(description="Registered model name in MLflow")]
-AliasName = Annotated[str, Path(description="Alias such as champion or challenger")]
+# The handler checks names and aliases (with messages saying which rule failed); the schema only
+# documents the same rules.
+ModelName = Annotated[
+    str,
+    Path(
+        description="Registered model name in MLflow: no ':', '/' or control characters",
+        json_schema_extra={"maxLength": MAX_NAME_LENGTH, "pattern": MODEL_NAME_PATTERN},
+    ),
+]
+AliasName = Annotated[
+    str,
+    Path(
+        description="Alias such as champion or challenger ('latest' names the newest version)",
+        json_schema_extra={"maxLength": 64, "pattern": READABLE_ALIAS_PATTERN},
+    ),
+]
+SettableAlias = Annotated[
+    str,
+    Path(
+        description="Alias such as champion or challenger; not 'latest' nor v<N>, which MLflow "
+        "reserves",
+        json_schema_extra={"maxLength": 64, "pattern": SETTABLE_ALIAS_PATTERN},
+    ),
+]
+TokenName = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN.pattern, description="Token name")
+]
 Limit = Annotated[int, Query(ge=1, le=500, description="Most records to return")]
 
 _errors: dict[int | str, dict[str, Any]] = {
@@ -105,10 +136,13 @@ async def resolve_alias(
     return await handler.resolve(name, alias)
 
 
-@router.put("/v1/models/{name}/aliases/{alias}", responses={**_errors, 409: _errors[404]})
+@router.put(
+    "/v1/models/{name}/aliases/{alias}",
+    responses={**_errors, 409: _errors[404], 413: _errors[404]},
+)
 async def move_alias(
     name: ModelName,
-    alias: AliasName,
+    alias: SettableAlias,
     body: Annotated[MoveAliasRequest, Body()],
     handler: HandlerDep,
     principal: ModelPromoter,
@@ -142,7 +176,9 @@ async def model_audit(
     return await handler.history(name, None, limit)
 
 
-@router.post("/v1/tokens", status_code=201, responses={**_auth_errors, 409: _errors[404]})
+@router.post(
+    "/v1/tokens", status_code=201, responses={**_auth_errors, 409: _errors[404], 413: _errors[404]}
+)
 async def create_token(body: CreateTokenRequest, tokens: TokensDep, admin: Admin) -> CreatedToken:
     """Create a token; its secret is in this response only (the platform keeps a hash)."""
     return await tokens.create(body, admin)
@@ -155,14 +191,12 @@ async def list_tokens(tokens: TokensDep, _: Admin) -> TokenList:
 
 
 @router.delete("/v1/tokens/{token_name}", responses={**_auth_errors, 404: _errors[404]})
-async def revoke_token(
-    token_name: Annotated[str, Path(max_length=64)], tokens: TokensDep, admin: Admin
-) -> TokenView:
+async def revoke_token(token_name: TokenName, tokens: TokensDep, admin: Admin) -> TokenView:
     """Revoke a token: every service refuses it within a few seconds."""
     return await tokens.revoke(token_name, admin)
 
 
-@router.post("/v1/tokens/introspect", responses=_auth_errors)
+@router.post("/v1/tokens/introspect", responses={**_auth_errors, 413: _errors[404]})
 async def introspect_token(
     body: IntrospectRequest, tokens: TokensDep, _: Introspector
 ) -> Introspection:

@@ -13,6 +13,7 @@ from mlops_common.auth import TokenStore, TokenVerifier, database_source
 from mlops_common.db import make_engine, migrate
 from mlops_common.errors import install_error_handlers
 from mlops_common.http import make_async_client
+from mlops_common.limits import BodyLimit
 from mlops_common.metrics import install_metrics
 from mlops_common.storage import ObjectStore
 from sqlalchemy import Engine
@@ -102,6 +103,10 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Added before the metrics middleware, which therefore wraps it and counts its 413s.
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, setting="GATEWAY_MAX_BODY_BYTES"
+    )
     metrics = GatewayMetrics(install_metrics(app, "model-gateway"))
     app.include_router(router)
     return app

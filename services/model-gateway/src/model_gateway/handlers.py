@@ -47,6 +47,16 @@ ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # MLflow reserves these: "latest" (any case) and version aliases such as v1 or V12.
 RESERVED_ALIAS_RE = re.compile(r"^(?:latest|v\d+)$", re.IGNORECASE)
 MAX_NAME_LENGTH = 256
+# Control characters (C0, DEL, C1) and lone surrogates: PostgreSQL refuses NUL, and none of them
+# belongs in a model name, an audit record or a log line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+# The same rules as JSON-schema patterns for the OpenAPI document (ECMA regex, no flags).
+_NAME_CHAR = r"[^:/\x00-\x1f\x7f-\x9f]"
+MODEL_NAME_PATTERN = rf"^{_NAME_CHAR}*[^:/\s\x00-\x1f\x7f-\x9f]{_NAME_CHAR}*$"
+_RESERVED = r"[lL][aA][tT][eE][sS][tT]|[vV][0-9]+"
+READABLE_ALIAS_PATTERN = r"^(?![vV][0-9]+$)[A-Za-z][A-Za-z0-9_-]{0,63}$"
+SETTABLE_ALIAS_PATTERN = rf"^(?!(?:{_RESERVED})$)[A-Za-z][A-Za-z0-9_-]{{0,63}}$"
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -89,6 +99,8 @@ def validate_model_name(name: str) -> None:
         raise Unprocessable(f"model name is longer than {MAX_NAME_LENGTH} characters", field="name")
     if ":" in name or "/" in name:
         raise Unprocessable("model name must not contain ':' or '/'", field="name")
+    if _CONTROL.search(name):
+        raise Unprocessable("model name must not contain control characters", field="name")
 
 
 def validate_alias(alias: str, *, for_write: bool) -> None:

@@ -5,11 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from mlops_common.auth import check_models, check_name, check_scopes, parse_duration
+from mlops_common.auth import (
+    MODELS_PATTERN,
+    NAME_PATTERN,
+    SCOPES,
+    check_models,
+    check_name,
+    check_scopes,
+    parse_duration,
+)
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # MLflow stores versions in a 32-bit integer column.
 MAX_VERSION = 2_147_483_647
+# Free text: tabs and line breaks, but no NUL (PostgreSQL refuses it) nor other control characters.
+TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+DURATION = r"^[0-9]{1,5}[mhdw]$"
 
 
 class ResolvedAlias(BaseModel):
@@ -32,7 +43,7 @@ class MoveAliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1, le=MAX_VERSION, description="Model version the alias should name")
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -116,11 +127,29 @@ class ErrorResponse(BaseModel):
 class CreateTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64, description="Unique name, shown in audits")
-    scopes: list[str] = Field(min_length=1, max_length=16, description="Scopes the token holds")
-    models: str = Field(default="*", max_length=256, description="Model-name glob, e.g. churn*")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=NAME_PATTERN.pattern,
+        description="Unique name, shown in audits",
+    )
+    scopes: list[str] = Field(
+        min_length=1,
+        max_length=16,
+        description="Scopes the token holds",
+        json_schema_extra={"items": {"type": "string", "enum": list(SCOPES)}},
+    )
+    models: str = Field(
+        default="*",
+        max_length=256,
+        pattern=MODELS_PATTERN.pattern,
+        description="Model-name glob, e.g. churn*",
+    )
     expires_in: str | None = Field(
-        default=None, max_length=16, description="Lifetime such as 30d, 12h, 90m or 2w"
+        default=None,
+        max_length=16,
+        pattern=DURATION,
+        description="Lifetime such as 30d, 12h, 90m or 2w",
     )
 
     @field_validator("name")

@@ -43,6 +43,9 @@ class GatewaySettings(ServiceSettings):
         default=1024, ge=0, description="Resolved model versions kept in memory (0 disables)"
     )
     migrate_on_startup: bool = True
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body; a bigger one is a 413"
+    )
     redis_url: str | None = Field(
         default=None,
         description="Redis to publish alias moves on (redis://, rediss:// or unix://); "

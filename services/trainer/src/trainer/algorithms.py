@@ -18,34 +18,65 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 
+from trainer import params as rules
+from trainer.params import Param
+
 Task = Literal["classification", "regression"]
 
 
 @dataclass(frozen=True)
 class Algorithm:
     factory: Callable[..., BaseEstimator]
+    # What a request may set each parameter to; a parameter without a rule is refused.
+    rules: dict[str, Param]
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def allowed_params(self) -> set[str]:
         return set(inspect.signature(self.factory).parameters)
 
+    def param_error(self, name: str, value: Any) -> str | None:
+        """Why a request may not set ``name`` to ``value``, or None when it may."""
+        rule = self.rules.get(name)
+        if rule is None:
+            return f"{name} cannot be set through the API"
+        return rule.error(name, value)
+
     def build(self, params: dict[str, Any]) -> BaseEstimator:
         return self.factory(**{**self.defaults, **params})
 
 
+# The platform, not the request, sets n_jobs: one core per job, so jobs cannot starve each other.
+ONE_CORE = {"n_jobs": 1}
+
 ALGORITHMS: dict[Task, dict[str, Algorithm]] = {
     "classification": {
-        "logistic_regression": Algorithm(LogisticRegression, {"max_iter": 1000}),
-        "random_forest": Algorithm(RandomForestClassifier, {"n_estimators": 100, "n_jobs": 1}),
-        "gradient_boosting": Algorithm(GradientBoostingClassifier),
-        "hist_gradient_boosting": Algorithm(HistGradientBoostingClassifier),
+        "logistic_regression": Algorithm(
+            LogisticRegression, rules.LOGISTIC_REGRESSION, {"max_iter": 1000, **ONE_CORE}
+        ),
+        "random_forest": Algorithm(
+            RandomForestClassifier,
+            rules.RANDOM_FOREST_CLASSIFIER,
+            {"n_estimators": 100, **ONE_CORE},
+        ),
+        "gradient_boosting": Algorithm(
+            GradientBoostingClassifier, rules.GRADIENT_BOOSTING_CLASSIFIER
+        ),
+        "hist_gradient_boosting": Algorithm(
+            HistGradientBoostingClassifier, rules.HIST_GRADIENT_BOOSTING_CLASSIFIER
+        ),
     },
     "regression": {
-        "ridge": Algorithm(Ridge),
-        "linear_regression": Algorithm(LinearRegression),
-        "random_forest": Algorithm(RandomForestRegressor, {"n_estimators": 100, "n_jobs": 1}),
-        "gradient_boosting": Algorithm(GradientBoostingRegressor),
-        "hist_gradient_boosting": Algorithm(HistGradientBoostingRegressor),
+        "ridge": Algorithm(Ridge, rules.RIDGE),
+        "linear_regression": Algorithm(LinearRegression, rules.LINEAR_REGRESSION, ONE_CORE),
+        "random_forest": Algorithm(
+            RandomForestRegressor, rules.RANDOM_FOREST_REGRESSOR, {"n_estimators": 100, **ONE_CORE}
+        ),
+        "gradient_boosting": Algorithm(
+            GradientBoostingRegressor, rules.GRADIENT_BOOSTING_REGRESSOR
+        ),
+        "hist_gradient_boosting": Algorithm(
+            HistGradientBoostingRegressor, rules.HIST_GRADIENT_BOOSTING_REGRESSOR
+        ),
     },
 }
 
@@ -70,3 +101,20 @@ METRICS: dict[Task, dict[str, bool]] = {
 }
 DEFAULT_METRIC: dict[Task, str] = {"classification": "f1", "regression": "rmse"}
 ALL_METRICS = sorted({m for by_task in METRICS.values() for m in by_task})
+
+
+def params_json_schema() -> dict[str, Any]:
+    """The ``params`` object for the OpenAPI schema: every parameter some algorithm takes, with
+    the alternatives any of them allows (which ones apply depends on the algorithm chosen)."""
+    properties: dict[str, dict[str, Any]] = {}
+    for by_task in ALGORITHMS.values():
+        for algorithm in by_task.values():
+            for name, rule in algorithm.rules.items():
+                options = properties.setdefault(name, {"anyOf": []})["anyOf"]
+                for option in rule.json_schemas():
+                    if option not in options:
+                        options.append(option)
+    return {
+        "properties": {name: p for name, p in sorted(properties.items()) if p["anyOf"]},
+        "additionalProperties": False,
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -16,7 +16,7 @@ from sqlalchemy import text
 from trainer.handlers import JobsHandler
 from trainer.metrics import TrainerMetrics
 from trainer.queue import JobQueue
-from trainer.schemas import JobView, TrainRequest
+from trainer.schemas import MAX_MODEL_NAME, MODEL_NAME, JobView, TrainRequest
 
 
 class SubmissionRoute(APIRoute):
@@ -68,10 +68,22 @@ _auth_errors: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, unknown, expired or revoked token"},
     403: {"description": "The token lacks the scope, or may not use this model"},
 }
+_submit_errors: dict[int | str, dict[str, Any]] = {
+    **_auth_errors,
+    409: {"description": "The idempotency key was used for a different request"},
+    413: {"description": "The body is larger than TRAINER_MAX_BODY_BYTES"},
+    429: {"description": "TRAINER_MAX_ACTIVE_JOBS jobs are queued or running; see Retry-After"},
+    503: {"description": "The job queue is unavailable; see Retry-After"},
+}
+# Job ids are UUIDs; the pattern only keeps what cannot be one (NUL and the like) from the database.
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+ModelNameFilter = Annotated[
+    str | None, Query(max_length=MAX_MODEL_NAME, pattern=MODEL_NAME, description="exact name")
+]
 
 
 @submissions.post(
-    "/v1/train", status_code=202, response_model=JobView, tags=["jobs"], responses=_auth_errors
+    "/v1/train", status_code=202, response_model=JobView, tags=["jobs"], responses=_submit_errors
 )
 def train(
     body: TrainRequest, handler: HandlerDep, principal: Trainer, response: Response
@@ -86,7 +98,7 @@ def train(
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=_auth_errors)
-def get_job(job_id: str, handler: HandlerDep, principal: JobReader) -> JobView:
+def get_job(job_id: JobId, handler: HandlerDep, principal: JobReader) -> JobView:
     return handler.get(job_id, principal)
 
 
@@ -94,7 +106,7 @@ def get_job(job_id: str, handler: HandlerDep, principal: JobReader) -> JobView:
 def list_jobs(
     handler: HandlerDep,
     principal: JobReader,
-    model_name: str | None = None,
+    model_name: ModelNameFilter = None,
     status: Literal["queued", "running", "succeeded", "failed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[JobView]:

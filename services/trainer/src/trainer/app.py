@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from mlops_common.auth import TokenStore, TokenVerifier, database_source
 from mlops_common.db import make_engine, migrate
 from mlops_common.errors import install_error_handlers
+from mlops_common.limits import BodyLimit
 from mlops_common.metrics import install_metrics
 from mlops_common.storage import ObjectStore
 from sqlalchemy import Engine
@@ -68,7 +69,13 @@ def create_app(
             database_source(TokenStore(db)), ttl_s=settings.token_cache_ttl_s
         )
         app.state.handler = JobsHandler(
-            store, jobs_queue, objects or ObjectStore.from_settings(settings.s3)
+            store,
+            jobs_queue,
+            objects or ObjectStore.from_settings(settings.s3),
+            dataset_buckets=settings.dataset_buckets,
+            max_dataset_bytes=settings.max_dataset_bytes,
+            max_active_jobs=settings.max_active_jobs,
+            retry_after_s=settings.queue_full_retry_after_s,
         )
         app.state.queue = jobs_queue
         # A job recorded but never queued (API stopped in between) is sent again; a duplicate
@@ -92,6 +99,10 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Added before the metrics middleware, which therefore wraps it and counts its 413s.
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, setting="TRAINER_MAX_BODY_BYTES"
+    )
     app.state.metrics = TrainerMetrics(install_metrics(app, "trainer"))
     app.include_router(submissions)
     app.include_router(router)

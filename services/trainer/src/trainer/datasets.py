@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import pandas as pd
@@ -34,6 +35,84 @@ BUILTIN_DATASETS: dict[str, Callable[[], tuple[pd.DataFrame, pd.Series]]] = {
     "digits": _bunch(skdatasets.load_digits),
     "diabetes": _bunch(skdatasets.load_diabetes),
 }
+
+
+# Data sets are read from these buckets unless TRAINER_DATASET_BUCKETS says otherwise; the MLflow
+# artifact bucket and the like stay out of reach of a training request.
+DEFAULT_DATASET_BUCKETS = ("data",)
+DEFAULT_MAX_DATASET_BYTES = 2 * 1024**3
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+MAX_URI_LENGTH = len("s3://") + 63 + 1 + MAX_KEY_BYTES
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+_BUCKET_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_IPV4_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# For the OpenAPI schema: what check_dataset_uri accepts, short of the bucket's finer rules.
+URI_PATTERN = (
+    r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+    r"(/(?!\.{1,2}(/|$))[^/\x00-\x1f\x7f-\x9f]+)*"
+    r"/[^/\x00-\x1f\x7f-\x9f]*\.([cC][sS][vV]|[pP][aA][rR][qQ][uU][eE][tT]|[pP][qQ])$"
+)
+
+
+def bucket_error(bucket: str) -> str | None:
+    """Why ``bucket`` is not a valid S3 bucket name (AWS's naming rules), or None."""
+    if not 3 <= len(bucket) <= 63:
+        return f"bucket name {bucket!r} must be 3 to 63 characters long"
+    if not all(_BUCKET_LABEL.fullmatch(label) for label in bucket.split(".")):
+        return (
+            f"bucket name {bucket!r} may only hold lowercase letters, digits, dots and hyphens, "
+            "and must begin and end with a letter or digit (no '..', '.-' or '-.')"
+        )
+    if _IPV4_LIKE.fullmatch(bucket):
+        return f"bucket name {bucket!r} must not look like an IP address"
+    if bucket.startswith(_RESERVED_BUCKET_PREFIXES) or bucket.endswith(_RESERVED_BUCKET_SUFFIXES):
+        return f"bucket name {bucket!r} uses a prefix or suffix S3 reserves"
+    return None
+
+
+def check_dataset_uri(uri: str) -> S3Uri:
+    """The bucket and key of a data set URI, or ValueError saying what is wrong with it."""
+    if not uri.startswith("s3://"):
+        raise ValueError("must be an s3://bucket/key URI")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        raise ValueError("must be an s3://bucket/key URI")
+    if problem := bucket_error(bucket):
+        raise ValueError(problem)
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in key):
+        raise ValueError("the object key must not contain control characters")
+    segments = key.split("/")
+    if "" in segments:
+        raise ValueError("the object key must not have empty segments ('//' or a trailing '/')")
+    if "." in segments or ".." in segments:
+        raise ValueError("the object key must not have '.' or '..' segments")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise ValueError(f"the object key is longer than {MAX_KEY_BYTES} bytes")
+    if not key.lower().endswith(TABLE_SUFFIXES):
+        raise ValueError("must point to a .csv or .parquet object")
+    return S3Uri(bucket, key)
+
+
+def check_dataset_bucket(uri: str, buckets: Collection[str]) -> None:
+    """422 on ``dataset.uri`` unless the URI's bucket is one data sets may be read from."""
+    bucket = S3Uri.parse(uri).bucket
+    if bucket not in buckets:
+        raise Unprocessable(
+            f"data sets are read only from the bucket(s) {', '.join(sorted(buckets))}, "
+            f"not {bucket!r}",
+            field="dataset.uri",
+        )
+
+
+def _too_big(uri: str, size: int, max_bytes: int) -> Unprocessable:
+    return Unprocessable(
+        f"{uri} is {size} bytes; data sets may be at most {max_bytes} bytes "
+        "(TRAINER_MAX_DATASET_BYTES)",
+        field="dataset.uri",
+    )
 
 
 BUILTIN_TASKS: dict[str, Task] = {
@@ -98,8 +177,8 @@ def _csv_columns(store: ObjectStore, uri: S3Uri, size: int) -> list[str]:
     return list(pd.read_csv(io.BytesIO(head.split(b"\n", 1)[0]), nrows=0).columns)
 
 
-def object_columns(store: ObjectStore, uri: str) -> list[str]:
-    """The column names of a table in S3, reading only its header (CSV) or footer (Parquet)."""
+def object_size(store: ObjectStore, uri: str) -> int:
+    """The object's size from a HEAD request (ObjectStore has no size call; its client does)."""
     location = S3Uri.parse(uri)
     try:
         size = store.client.head_object(Bucket=location.bucket, Key=location.key)["ContentLength"]
@@ -107,6 +186,20 @@ def object_columns(store: ObjectStore, uri: str) -> list[str]:
         if is_not_found(exc):
             raise Unprocessable(f"no object at {uri}", field="dataset.uri") from exc
         raise
+    return int(size)
+
+
+def object_columns(
+    store: ObjectStore, uri: str, max_bytes: int = DEFAULT_MAX_DATASET_BYTES
+) -> list[str]:
+    """The column names of a table in S3, reading only its header (CSV) or footer (Parquet).
+
+    An object over ``max_bytes`` is refused on its size alone, before any of it is read.
+    """
+    location = S3Uri.parse(uri)
+    size = object_size(store, uri)
+    if size > max_bytes:
+        raise _too_big(uri, size, max_bytes)
     try:
         if _is_parquet(uri):
             return _parquet_columns(store, location, size)
@@ -118,8 +211,10 @@ def object_columns(store: ObjectStore, uri: str) -> list[str]:
         ) from exc
 
 
-def check_target(store: ObjectStore, uri: str, target: str) -> None:
-    columns = object_columns(store, uri)
+def check_target(
+    store: ObjectStore, uri: str, target: str, max_bytes: int = DEFAULT_MAX_DATASET_BYTES
+) -> None:
+    columns = object_columns(store, uri, max_bytes)
     if target not in columns:
         shown = ", ".join(columns[:20]) + (" …" if len(columns) > 20 else "")
         raise Unprocessable(
@@ -127,14 +222,38 @@ def check_target(store: ObjectStore, uri: str, target: str) -> None:
         )
 
 
-def load_uri(store: ObjectStore, uri: str, target: str, max_rows: int) -> LoadedDataset:
-    location = S3Uri.parse(uri)
+def load_uri(
+    store: ObjectStore,
+    uri: str,
+    target: str,
+    max_rows: int,
+    *,
+    buckets: Collection[str] = DEFAULT_DATASET_BUCKETS,
+    max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+) -> LoadedDataset:
+    """Download and parse a table; checks again what the API checked, since the object may have
+    changed since (or the request predates the limits)."""
     try:
-        raw = store.get_bytes(location)
+        location = check_dataset_uri(uri)
+    except ValueError as exc:
+        raise Unprocessable(f"{uri}: {exc}", field="dataset.uri") from exc
+    check_dataset_bucket(uri, buckets)
+    try:
+        # ObjectStore.get_bytes reads the whole body; its client lets the size be seen first.
+        response = store.client.get_object(Bucket=location.bucket, Key=location.key)
     except Exception as exc:
         if is_not_found(exc):
             raise Unprocessable(f"no object at {uri}", field="dataset.uri") from exc
         raise
+    body = response["Body"]
+    declared = response.get("ContentLength")
+    if isinstance(declared, int) and declared > max_bytes:
+        body.close()
+        raise _too_big(uri, declared, max_bytes)
+    raw = body.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        body.close()
+        raise _too_big(uri, len(raw), max_bytes)
     frame = pd.read_parquet(io.BytesIO(raw)) if _is_parquet(uri) else pd.read_csv(io.BytesIO(raw))
     if target not in frame.columns:
         raise Unprocessable(f"target column {target!r} is not in {uri}", field="dataset.target")

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import cast
 
 from mlops_common.auth import Principal
-from mlops_common.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from mlops_common.errors import (
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unprocessable,
+)
 from mlops_common.storage import ObjectStore
 
 from trainer.algorithms import ALGORITHMS, Task
-from trainer.datasets import BUILTIN_TASKS, check_target
+from trainer.datasets import (
+    BUILTIN_TASKS,
+    DEFAULT_DATASET_BUCKETS,
+    DEFAULT_MAX_DATASET_BYTES,
+    check_dataset_bucket,
+    check_target,
+)
 from trainer.jobs import IdempotencyConflict, Job, JobStore
 from trainer.queue import JobQueue
 from trainer.schemas import JobStatus, JobView, TrainRequest
@@ -40,10 +53,24 @@ def job_view(job: Job) -> JobView:
 
 
 class JobsHandler:
-    def __init__(self, store: JobStore, queue: JobQueue, objects: ObjectStore) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        queue: JobQueue,
+        objects: ObjectStore,
+        *,
+        dataset_buckets: Collection[str] = DEFAULT_DATASET_BUCKETS,
+        max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+        max_active_jobs: int = 1000,
+        retry_after_s: int = 30,
+    ) -> None:
         self.store = store
         self.queue = queue
         self.objects = objects
+        self.dataset_buckets = frozenset(dataset_buckets)
+        self.max_dataset_bytes = max_dataset_bytes
+        self.max_active_jobs = max_active_jobs
+        self.retry_after_s = retry_after_s
 
     def validate(self, request: TrainRequest) -> None:
         """Everything that can be known wrong before training starts answers 422 now."""
@@ -70,10 +97,30 @@ class JobsHandler:
             raise errors[0]
         spec = request.dataset
         if spec.uri is not None and spec.target is not None:
-            check_target(self.objects, spec.uri, spec.target)
+            check_dataset_bucket(spec.uri, self.dataset_buckets)
+            check_target(self.objects, spec.uri, spec.target, self.max_dataset_bytes)
+
+    def check_capacity(self, request: TrainRequest) -> None:
+        """429 once the workers have ``max_active_jobs`` queued or running.
+
+        A replayed idempotency key is let through: it creates nothing. The count and the insert
+        are not atomic, so concurrent submissions may pass the bound by a few jobs.
+        """
+        if request.idempotency_key and self.store.by_key(request.idempotency_key):
+            return
+        active = self.store.active_count()
+        if active >= self.max_active_jobs:
+            raise TooManyRequests(
+                f"{active} jobs are queued or running, the most the trainer holds "
+                f"(TRAINER_MAX_ACTIVE_JOBS={self.max_active_jobs}); retry later",
+                retry_after_s=self.retry_after_s,
+                active=active,
+                limit=self.max_active_jobs,
+            )
 
     def submit(self, request: TrainRequest) -> tuple[JobView, bool]:
         self.validate(request)
+        self.check_capacity(request)
         body = request.model_dump(mode="json")
         try:
             job, created = self.store.create(request.model_name, body, request.idempotency_key)

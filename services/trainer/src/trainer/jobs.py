@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     delete,
+    func,
     select,
     update,
 )
@@ -161,6 +162,12 @@ class JobStore:
             query = query.where(Job.status == status)
         with self.sessions() as session:
             return list(session.scalars(query))
+
+    def active_count(self) -> int:
+        """Jobs queued or running: what the workers still have to do."""
+        query = select(func.count()).select_from(Job).where(Job.status.in_(("queued", "running")))
+        with self.sessions() as session:
+            return int(session.scalar(query) or 0)
 
     def queued_ids(self) -> list[str]:
         with self.sessions() as session:

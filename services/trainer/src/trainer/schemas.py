@@ -2,29 +2,82 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainer.algorithms import ALL_METRICS, ALL_NAMES
-from trainer.datasets import BUILTIN_DATASETS
+from trainer.algorithms import ALL_METRICS, ALL_NAMES, params_json_schema
+from trainer.datasets import (
+    BUILTIN_DATASETS,
+    MAX_URI_LENGTH,
+    URI_PATTERN,
+    check_dataset_uri,
+)
 
+# A subset of what the model gateway accepts as a model name (it also reads models registered
+# outside the trainer), so every model the trainer registers can be resolved and promoted.
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+MAX_MODEL_NAME = 128
+# The gateway's rule for an alias it will set (model_gateway.handlers.validate_alias), copied
+# until it moves to mlops_common: a letter, then letters, digits, _ or -, and not one of the
+# names MLflow reserves ("latest" and v<N>, in any case).
 ALIAS = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"
+RESERVED_ALIAS = re.compile(r"^(?:latest|v\d+)$", re.IGNORECASE)
+SETTABLE_ALIAS = r"^(?!(?:[lL][aA][tT][eE][sS][tT]|[vV][0-9]+)$)[A-Za-z][A-Za-z0-9_\-]{0,63}$"
+# Printable text: PostgreSQL refuses NUL, and no other control character belongs in these fields.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_PARAMS = 64
 
 
 class DatasetSpec(BaseModel):
     """Either ``{"builtin": NAME}`` or ``{"uri": "s3://…csv|parquet", "target": COLUMN}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["builtin"],
+                    "properties": {
+                        "builtin": {"type": "string"},
+                        "uri": {"type": "null"},
+                        "target": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["uri", "target"],
+                    "properties": {
+                        "builtin": {"type": "null"},
+                        "uri": {"type": "string"},
+                        "target": {"type": "string"},
+                    },
+                },
+            ]
+        },
+    )
 
     builtin: str | None = Field(
-        default=None, description=f"one of: {', '.join(sorted(BUILTIN_DATASETS))}"
+        default=None,
+        max_length=64,
+        description=f"one of: {', '.join(sorted(BUILTIN_DATASETS))}",
+        json_schema_extra={"enum": [*sorted(BUILTIN_DATASETS), None]},
     )
-    uri: str | None = Field(default=None, description="s3://bucket/key.csv or .parquet")
+    uri: str | None = Field(
+        default=None,
+        max_length=MAX_URI_LENGTH,
+        description="s3://bucket/key.csv or .parquet, in a bucket the trainer reads data sets "
+        "from (TRAINER_DATASET_BUCKETS, default: data); no '.', '..' or empty key segments",
+        json_schema_extra={"pattern": URI_PATTERN},
+    )
     target: str | None = Field(
-        default=None, min_length=1, description="column to predict (with uri)"
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=PRINTABLE,
+        description="column to predict (with uri)",
     )
 
     @field_validator("builtin")
@@ -38,12 +91,8 @@ class DatasetSpec(BaseModel):
     @field_validator("uri")
     @classmethod
     def _s3_table(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if not value.startswith("s3://") or "/" not in value[len("s3://") :].strip("/"):
-            raise ValueError("must be an s3://bucket/key URI")
-        if not value.lower().endswith((".csv", ".parquet", ".pq")):
-            raise ValueError("must point to a .csv or .parquet object")
+        if value is not None:
+            check_dataset_uri(value)
         return value
 
     @model_validator(mode="after")
@@ -60,15 +109,28 @@ class DatasetSpec(BaseModel):
 class Promotion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alias: str = Field(default="champion", pattern=ALIAS)
-    metric: str | None = Field(default=None, description=f"one of: {', '.join(ALL_METRICS)}")
-    min_improvement: float = Field(default=0.0, ge=0.0)
+    alias: str = Field(
+        default="champion",
+        max_length=64,
+        pattern=ALIAS,
+        description="alias to move: not 'latest' nor v<N> (in any case), which MLflow reserves",
+        json_schema_extra={"pattern": SETTABLE_ALIAS},
+    )
+    metric: str | None = Field(
+        default=None,
+        max_length=64,
+        description=f"one of: {', '.join(ALL_METRICS)}",
+        json_schema_extra={"enum": [*ALL_METRICS, None]},
+    )
+    min_improvement: float = Field(default=0.0, ge=0.0, le=1e12, allow_inf_nan=False)
 
     @field_validator("alias")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
-        if value == "latest" or (value[0] == "v" and value[1:].isdigit()):
-            raise ValueError(f"{value!r} is reserved by the MLflow registry")
+        if RESERVED_ALIAS.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is reserved by the MLflow registry ('latest' and v<N>, in any case)"
+            )
         return value
 
     @field_validator("metric")
@@ -82,15 +144,40 @@ class Promotion(BaseModel):
 class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str = Field(pattern=MODEL_NAME)
+    model_name: str = Field(max_length=MAX_MODEL_NAME, pattern=MODEL_NAME)
     dataset: DatasetSpec
     task: Literal["classification", "regression"] | None = None
-    algorithm: str | None = Field(default=None, description=f"one of: {', '.join(ALL_NAMES)}")
-    params: dict[str, Any] = Field(default_factory=dict)
+    algorithm: str | None = Field(
+        default=None,
+        max_length=64,
+        description=f"one of: {', '.join(ALL_NAMES)}",
+        json_schema_extra={"enum": [*ALL_NAMES, None]},
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=MAX_PARAMS,
+        description="estimator parameters: each algorithm takes its own, within bounds "
+        "(n_jobs and verbose are set by the platform)",
+        json_schema_extra=params_json_schema(),
+    )
     promote: Promotion | None = None
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    idempotency_key: (
+        Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE)] | None
+    ) = None
     test_size: float = Field(default=0.2, gt=0.0, lt=0.9)
-    random_state: int = 42
+    random_state: int = Field(default=42, ge=0, le=2**32 - 1)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _param_names(cls, value: Any) -> Any:
+        # Checked before pydantic looks at the keys: an error located at a key holding a lone
+        # surrogate could not even be rendered as JSON.
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str) or not re.fullmatch(PARAM_NAME, key):
+                    shown = repr(key)[:70]
+                    raise ValueError(f"parameter name {shown} is not a Python identifier")
+        return value
 
     @field_validator("algorithm")
     @classmethod

@@ -9,8 +9,10 @@ from mlops_common.settings import (
     ServiceSettings,
     from_env,
 )
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
+
+from trainer.datasets import DEFAULT_DATASET_BUCKETS, DEFAULT_MAX_DATASET_BYTES, bucket_error
 
 
 class TrainerSettings(ServiceSettings):
@@ -32,6 +34,35 @@ class TrainerSettings(ServiceSettings):
     heartbeat_interval_s: float = 10.0
     job_time_limit_s: int = 3600
     max_dataset_rows: int = 5_000_000
+    dataset_buckets: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DATASET_BUCKETS),
+        min_length=1,
+        description="Buckets data set URIs may name (JSON list in TRAINER_DATASET_BUCKETS)",
+    )
+    max_dataset_bytes: int = Field(
+        default=DEFAULT_MAX_DATASET_BYTES,
+        ge=1,
+        description="Largest data set object; a bigger one is refused before it is downloaded",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body; a bigger one is a 413"
+    )
+    max_active_jobs: int = Field(
+        default=1000,
+        ge=1,
+        description="Queued and running jobs at most; past it POST /v1/train is a 429",
+    )
+    queue_full_retry_after_s: int = Field(
+        default=30, ge=1, le=3600, description="Retry-After of a 429 when the queue is full"
+    )
     mlflow: MLflowSettings = Field(default_factory=from_env(MLflowSettings))
     s3: S3Settings = Field(default_factory=from_env(S3Settings))
     db: DatabaseSettings = Field(default_factory=from_env(DatabaseSettings))
+
+    @field_validator("dataset_buckets")
+    @classmethod
+    def _buckets(cls, value: list[str]) -> list[str]:
+        for bucket in value:
+            if problem := bucket_error(bucket):
+                raise ValueError(problem)
+        return value

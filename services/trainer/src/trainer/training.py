@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +16,18 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlops_common.errors import Unprocessable
 from mlops_common.storage import ObjectStore
+from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from sklearn.model_selection import train_test_split
 from skops import io as skops_io
 
 from trainer.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_METRIC, METRICS, Task
-from trainer.datasets import LoadedDataset, load_builtin, load_uri
+from trainer.datasets import (
+    DEFAULT_DATASET_BUCKETS,
+    DEFAULT_MAX_DATASET_BYTES,
+    LoadedDataset,
+    load_builtin,
+    load_uri,
+)
 from trainer.pipeline import build_pipeline, evaluate, infer_task, normalise_categoricals
 from trainer.schemas import Promotion, TrainRequest
 
@@ -27,7 +35,6 @@ log = logging.getLogger(__name__)
 
 # Pinned so log_model does not spend ~17 s guessing requirements from the environment.
 PIP_REQUIREMENTS = ["scikit-learn", "pandas", "numpy", "skops"]
-TRUSTED_MODULES = frozenset({"numpy", "scipy", "sklearn", "builtins"})
 
 
 class JobFailed(Exception):
@@ -59,6 +66,10 @@ def resolve_algorithm(request: TrainRequest, task: Task) -> tuple[str, Any]:
         raise Unprocessable(
             f"{name} has no parameter(s) {', '.join(unknown)}", field=f"params.{unknown[0]}"
         )
+    for param, value in request.params.items():
+        problem = algorithm.param_error(param, value)
+        if problem is not None:
+            raise Unprocessable(f"{name}: {problem}", field=f"params.{param}")
     try:
         return name, algorithm.build(request.params)
     except (TypeError, ValueError) as exc:
@@ -67,12 +78,21 @@ def resolve_algorithm(request: TrainRequest, task: Task) -> tuple[str, Any]:
 
 class Trainer:
     def __init__(
-        self, store: ObjectStore, gateway: httpx.Client, experiment: str, max_rows: int
+        self,
+        store: ObjectStore,
+        gateway: httpx.Client,
+        experiment: str,
+        max_rows: int,
+        *,
+        dataset_buckets: Collection[str] = DEFAULT_DATASET_BUCKETS,
+        max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
     ) -> None:
         self.store = store
         self.gateway = gateway
         self.experiment = experiment
         self.max_rows = max_rows
+        self.dataset_buckets = frozenset(dataset_buckets)
+        self.max_dataset_bytes = max_dataset_bytes
         self.client = MlflowClient()
 
     def load(self, request: TrainRequest) -> LoadedDataset:
@@ -80,7 +100,14 @@ class Trainer:
         if spec.builtin is not None:
             return load_builtin(spec.builtin)
         assert spec.uri is not None and spec.target is not None  # guaranteed by DatasetSpec
-        return load_uri(self.store, spec.uri, spec.target, self.max_rows)
+        return load_uri(
+            self.store,
+            spec.uri,
+            spec.target,
+            self.max_rows,
+            buckets=self.dataset_buckets,
+            max_bytes=self.max_dataset_bytes,
+        )
 
     def run(self, request: TrainRequest, job_id: str) -> TrainingResult:
         started = time.monotonic()
@@ -229,13 +256,19 @@ class Trainer:
 
 
 def trusted_types(model: Any) -> list[str]:
-    """Types skops may load for this pipeline: only numpy's, scipy's and scikit-learn's own.
+    """The types skops must be told to trust for this pipeline, all from the platform's list.
 
-    skops (MLflow's default format) refuses unknown types on load instead of running pickled code;
-    a type from any other module stays untrusted and makes logging fail loudly.
+    Inference loads with ``PLATFORM_TRUSTED_TYPES`` and nothing else, so a pipeline holding any
+    other type could be registered but never served: refuse it here, before it is logged.
     """
     found = skops_io.get_untrusted_types(data=skops_io.dumps(model))
-    return [t for t in found if t.split(".", 1)[0] in TRUSTED_MODULES]
+    foreign = sorted(set(found) - set(PLATFORM_TRUSTED_TYPES))
+    if foreign:
+        raise ValueError(
+            f"the pipeline holds types inference will not load: {', '.join(foreign)} "
+            "(see mlops_common.trusted_types)"
+        )
+    return sorted(found)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -47,6 +47,8 @@ def _runtime() -> tuple[JobStore, Trainer]:
         gateway,
         settings.experiment_name,
         settings.max_dataset_rows,
+        dataset_buckets=settings.dataset_buckets,
+        max_dataset_bytes=settings.max_dataset_bytes,
     )
     return JobStore(make_engine(url, settings.db.pool_size)), trainer
 

@@ -11,12 +11,9 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from mlops_stack import components
 from mlops_stack.components import Stack, ensure_grpc_tls
@@ -46,18 +43,6 @@ def _ports(count: int) -> list[int]:
             continue
         chosen.append(port)
     return chosen
-
-
-def _client(stack: Stack, identity: str) -> Any:
-    ident = stack.s3_identity(identity)
-    return boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        aws_access_key_id=ident.access_key,
-        aws_secret_access_key=ident.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1}),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +77,7 @@ def test_s3_identities_work_and_the_inner_servers_refuse_strangers(
 ) -> None:
     stack, _ = weed
     st = stack.settings
-    user, inference = _client(stack, "user"), _client(stack, "inference")
+    user, inference = stack._s3_client("user"), stack._s3_client("inference")
     user.put_object(Bucket="mlflow", Key="run/model.pkl", Body=b"weights")
     body = inference.get_object(Bucket="mlflow", Key="run/model.pkl")["Body"].read()
     assert body == b"weights"
@@ -165,10 +150,10 @@ def test_objects_survive_a_restart_and_the_certificate_is_kept(
     stack, supervisor = weed
     tls = stack.paths.config("seaweedfs-tls")
     cert = (tls / components.GRPC_CERT_FILE).read_bytes()
-    _client(stack, "user").put_object(Bucket="data", Key="kept.csv", Body=b"a,b\n")
+    stack._s3_client("user").put_object(Bucket="data", Key="kept.csv", Body=b"a,b\n")
     comp = next(c for c in supervisor.components if c.name == "s3")
     supervisor.stop_one(comp)
     supervisor.start(comp)
     assert (tls / components.GRPC_CERT_FILE).read_bytes() == cert
-    body = _client(stack, "airflow").get_object(Bucket="data", Key="kept.csv")["Body"].read()
+    body = stack._s3_client("airflow").get_object(Bucket="data", Key="kept.csv")["Body"].read()
     assert body == b"a,b\n"

@@ -219,6 +219,10 @@ export AWS_ACCESS_KEY_ID=$S3_USER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_USER_SECR
 export E2E_INFERENCE_S3_ACCESS_KEY_ID=$S3_INFERENCE_ACCESS_KEY
 export E2E_INFERENCE_S3_SECRET_ACCESS_KEY=$S3_INFERENCE_SECRET_KEY
 export MLFLOW_TRACKING_URI=http://$host:5050
+# What inference trusts (public), as `mlops env` prints it; the private key only for the tests
+# that sign an attack model with it, as a leaked key would (tests/e2e/test_model_integrity.py).
+export INFERENCE_TRUSTED_SIGNING_KEYS=$MODEL_SIGNING_PUBLIC_KEYS
+export E2E_MODEL_SIGNING_KEY=$MODEL_SIGNING_KEY
 # MLflow clients outside the compose network download artifacts through the server: the presigned
 # S3 URLs the server would hand out name the S3 endpoint as the containers see it (minio:9000).
 export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false

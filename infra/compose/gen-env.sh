@@ -7,8 +7,46 @@ set -euo pipefail
 umask 077
 python3 - <<'PY'
 import base64
+import hashlib
 import os
 import secrets
+
+
+def ed25519_public_key(seed: bytes) -> bytes:
+    """The Ed25519 public key of a 32-byte private key (RFC 8032, section 5.1.5).
+
+    Written out so this script needs python3 alone; tools/stack/tests checks it against the
+    cryptography package.
+    """
+    p = 2**255 - 19
+    d = -121665 * pow(121666, p - 2, p) % p
+
+    def add(a, b):
+        x = (a[1] - a[0]) * (b[1] - b[0]) % p
+        y = (a[1] + a[0]) * (b[1] + b[0]) % p
+        c = 2 * a[3] * b[3] * d % p
+        z = 2 * a[2] * b[2] % p
+        e, f, g, h = y - x, z - c, z + c, y + x
+        return (e * f % p, g * h % p, f * g % p, e * h % p)
+
+    gy = 4 * pow(5, p - 2, p) % p
+    x2 = (gy * gy - 1) * pow(d * gy * gy + 1, p - 2, p)
+    gx = pow(x2, (p + 3) // 8, p)
+    if (gx * gx - x2) % p:
+        gx = gx * pow(2, (p - 1) // 4, p) % p
+    if gx & 1:
+        gx = p - gx
+    digest = hashlib.sha512(seed).digest()
+    scalar = (int.from_bytes(digest[:32], "little") & ((1 << 254) - 8)) | (1 << 254)
+    point, base = (0, 1, 1, 0), (gx, gy, 1, gx * gy % p)
+    while scalar:
+        if scalar & 1:
+            point = add(point, base)
+        base = add(base, base)
+        scalar >>= 1
+    zinv = pow(point[2], p - 2, p)
+    x, y = point[0] * zinv % p, point[1] * zinv % p
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
 
 
 def token() -> str:
@@ -36,6 +74,11 @@ print(f"MLFLOW_FLASK_SECRET_KEY={secrets.token_hex(32)}")
 print("# The platform's API tokens")
 for name in ("ADMIN", "TRAINER", "INFERENCE", "AIRFLOW"):
     print(f"MLOPS_{name}_TOKEN={token()}")
+print("# Model signing (Ed25519): the trainer workers sign with the key, inference trusts the")
+print("# public keys (comma-separated: add the new one before rotating; docs/security.md)")
+seed = os.urandom(32)
+print(f"MODEL_SIGNING_KEY={base64.b64encode(seed).decode()}")
+print(f"MODEL_SIGNING_PUBLIC_KEYS={base64.b64encode(ed25519_public_key(seed)).decode()}")
 print("# Airflow")
 print(f"AIRFLOW_PASSWORD={secrets.token_hex(12)}")
 print(f"AIRFLOW_FERNET_KEY={base64.urlsafe_b64encode(os.urandom(32)).decode()}")

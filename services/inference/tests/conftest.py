@@ -6,6 +6,7 @@ through ``httpx.ASGITransport``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import warnings
@@ -26,11 +27,25 @@ from inference.manager import ModelManager
 from inference.settings import InferenceSettings
 from mlops_common.http import make_async_client
 from mlops_common.settings import S3Settings
-from mlops_common.storage import S3Uri
+from mlops_common.signing import SIGNATURE_FILE, ManifestSigner, ManifestVerifier, generate_key_pair
+from mlops_common.storage import S3Uri, StoredObject
 from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from pydantic import SecretStr
 
 BUCKET = "mlflow"
+# The platform's signing key for this test session: every served test model is signed with it.
+SIGNING_KEY, SIGNING_PUBLIC_KEY = generate_key_pair()
+VERIFIER = ManifestVerifier([SIGNING_PUBLIC_KEY])
+
+
+def sign(model_dir: Path, model_name: str) -> Path:
+    """Sign ``model_dir`` for ``model_name`` as the trainer does at registration."""
+    (model_dir / SIGNATURE_FILE).unlink(missing_ok=True)
+    envelope = ManifestSigner(SIGNING_KEY).sign_dir(model_dir, model_name=model_name)
+    (model_dir / SIGNATURE_FILE).write_bytes(envelope)
+    return model_dir
+
+
 TRUSTED = list(PLATFORM_TRUSTED_TYPES)
 CATEGORICAL = ["city", "plan"]
 
@@ -138,6 +153,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     dirs["churn-broken"] = root / "churn-broken"
     shutil.copytree(dirs["churn-v1"], dirs["churn-broken"])
     (dirs["churn-broken"] / "model.skops").write_bytes(b"this is not a skops file")
+    for name, path in dirs.items():
+        sign(path, name.split("-")[0])
     return Artifacts(
         dirs=dirs,
         pipelines={"churn-v1": v1, "churn-v2": v2, "prices-v1": regressor, "mixed-v1": mixed},
@@ -147,29 +164,61 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
 
 # ---- fakes -------------------------------------------------------------------------------------
 class FakeStore:
-    """``download_prefix`` copying from local dirs registered under s3 URIs."""
+    """The object store's listing and downloads, over local dirs registered under s3 URIs."""
 
     def __init__(self) -> None:
         self.trees: dict[str, Path] = {}
-        self.downloads: list[str] = []
+        self.listings: list[str] = []
+        self.downloaded_keys: list[str] = []
+
+    @property
+    def downloads(self) -> list[str]:
+        """One entry per model copy downloaded: the URI of the version whose MLmodel came."""
+        return [
+            f"s3://{BUCKET}/{key.removesuffix('/MLmodel')}"
+            for key in self.downloaded_keys
+            if key.endswith("/MLmodel")
+        ]
 
     def add(self, uri: str, local_dir: Path) -> None:
         self.trees[uri.rstrip("/")] = local_dir
 
-    def download_prefix(self, prefix: S3Uri, dest: Path) -> int:
-        uri = str(prefix).rstrip("/")
-        self.downloads.append(uri)
-        source = self.trees.get(uri)
-        if source is None:
-            return 0
-        count = 0
-        for path in source.rglob("*"):
-            if path.is_file():
-                target = dest / path.relative_to(source)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
-                count += 1
-        return count
+    def _files(self, prefix: S3Uri) -> dict[str, Path]:
+        for uri, root in self.trees.items():
+            base = S3Uri.parse(uri)
+            if base.bucket == prefix.bucket and prefix.key.rstrip("/") == base.key:
+                return {
+                    f"{base.key}/{path.relative_to(root).as_posix()}": path
+                    for path in sorted(root.rglob("*"))
+                    if path.is_file()
+                }
+        return {}
+
+    def list_objects(self, prefix: S3Uri) -> list[StoredObject]:
+        self.listings.append(f"s3://{prefix.bucket}/{prefix.key.rstrip('/')}")
+        return [
+            StoredObject(key, path.stat().st_size, hashlib.md5(path.read_bytes()).hexdigest())  # noqa: S324
+            for key, path in self._files(prefix).items()
+        ]
+
+    def _path(self, uri: S3Uri) -> Path:
+        prefix = S3Uri(uri.bucket, uri.key.rsplit("/", 1)[0])
+        for key, path in self._files(prefix).items():
+            if key == uri.key:
+                return path
+        # Nested keys: try every registered tree.
+        for root_uri in self.trees:
+            files = self._files(S3Uri.parse(root_uri))
+            if uri.key in files:
+                return files[uri.key]
+        raise FileNotFoundError(str(uri))
+
+    def get_bytes(self, uri: S3Uri) -> bytes:
+        return self._path(uri).read_bytes()
+
+    def download_file(self, uri: S3Uri, filename: str) -> None:
+        self.downloaded_keys.append(uri.key)
+        shutil.copyfile(self._path(uri), filename)
 
 
 @dataclass
@@ -286,6 +335,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> InferenceSettings:
         "cache_dir": tmp_path / "cache",
         "s3": S3Settings(access_key_id="test", secret_access_key=SecretStr("test-secret")),
         "max_batch_rows": 50,
+        "trusted_signing_keys": [SIGNING_PUBLIC_KEY],
     }
     values.update(overrides)
     return InferenceSettings(**values)
@@ -340,6 +390,7 @@ def service(
             gateway=GatewayClient(gateway_client),
             store=store if artifact_store is None else artifact_store,
             cache_dir=settings.cache_dir,
+            verifier=settings.manifest_verifier(),
             clock=clock,
         )
         app = create_app(

@@ -18,7 +18,7 @@ from inference.model import ModelVersion, Prediction
 from inference.validation import InputColumn, InputSchema
 from mlops_common.http import make_async_client
 
-from .conftest import CALLER
+from .conftest import CALLER, VERIFIER
 
 pytestmark = pytest.mark.anyio
 
@@ -100,9 +100,11 @@ async def test_alias_move_swaps_in_the_new_version(
     assert response.json()["model"]["version"] == 2
     # A request that picked up the old model before the swap can still finish with it.
     assert old.predict(_frame_of(old, [ROW])).predictions
-    # Only the served version stays in the cache.
+    # Only the served version stays in the cache, under its verified manifest's digest.
+    digest = new.meta.manifest_sha256
+    assert digest is not None and new.meta.signed_by == VERIFIER.key_ids[0]
     cached = sorted(p.name for p in (tmp_path / "cache" / "churn").iterdir())
-    assert cached == ["2"]
+    assert cached == [digest, f"{digest}.source.json"]
     assert len(store.downloads) == 2
 
 
@@ -282,6 +284,7 @@ async def test_prediction_runs_off_the_event_loop_and_model_errors_are_422(
         gateway=GatewayClient(client),
         store=store,
         cache_dir=settings.cache_dir,
+        verifier=settings.manifest_verifier(),
         loader=_stub_loader,
         clock=clock,
     )

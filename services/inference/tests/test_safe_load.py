@@ -6,6 +6,7 @@ marker (the control test shows MLflow's own loader does run it); none of them ma
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import warnings
@@ -17,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from inference.artifacts import SafeArtifactStore
+from inference.artifacts import ArtifactCache
 from inference.errors import ModelLoadError, ModelRejected
 from inference.model import ModelVersion, load_served_model
 from mlops_common.storage import ObjectStore, S3Uri
 from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from skops import io as skops_io
 
-from .conftest import BUCKET, churn_frame
+from .conftest import BUCKET, churn_frame, sign
 
 META = ModelVersion(name="m", version=1, alias="champion", artifact_uri="s3://mlflow/m/1")
 ROW = {"age": 40.0, "income": 52000.5, "visits": 3, "city": "lyon", "plan": "pro", "member": True}
@@ -384,7 +385,8 @@ async def test_a_refused_version_leaves_the_old_one_serving(
     make, _ = ATTACKS[attack]
     marker = tmp_path / "pwned"
     uri = f"s3://{BUCKET}/models/attack/artifacts"
-    store.add(uri, make(tmp_path / "attack" / "model", marker))
+    # Signed with the platform's key, as a compromised trainer would: refused all the same.
+    store.add(uri, sign(make(tmp_path / "attack" / "model", marker), "churn"))
     gateway.versions[("churn", 9)] = uri
     gateway.set_alias("churn", 1)
     async with service() as svc:
@@ -417,7 +419,16 @@ class FakeS3:
         return self
 
     def paginate(self, Bucket: str, Prefix: str) -> Iterator[dict[str, Any]]:
-        yield {"Contents": [{"Key": k} for k in sorted(self.objects) if k.startswith(Prefix)]}
+        yield {
+            "Contents": [
+                {"Key": k, "Size": len(v), "ETag": f'"{len(v)}"'}
+                for k, v in sorted(self.objects.items())
+                if k.startswith(Prefix)
+            ]
+        }
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        return {"Body": io.BytesIO(self.objects[Key])}
 
     def download_file(self, bucket: str, key: str, filename: str) -> None:
         self.downloaded.append(key)
@@ -450,16 +461,15 @@ def test_download_refuses_keys_that_leave_the_folder(tmp_path: Path, relative: s
     problem = next(p for r, p in BAD_KEYS.values() if r == relative)
     prefix = "models/evil/artifacts"
     s3 = FakeS3({f"{prefix}/MLmodel": b"flavors: {}", f"{prefix}/{relative}": b"owned"})
-    dest = tmp_path / "cache" / "m" / "partial"
-    store = SafeArtifactStore(ObjectStore(s3))  # type: ignore[arg-type]
+    cache = ArtifactCache(ObjectStore(s3), tmp_path / "cache" / "m", None)  # type: ignore[arg-type]
     with pytest.raises(ModelRejected, match=rf"refused: artifact key .* {problem}"):
-        store.download_prefix(S3Uri(BUCKET, prefix), dest)
+        cache.fetch("m", f"s3://{BUCKET}/{prefix}")
     assert s3.downloaded == []  # checked before the first byte is written
     assert not _escaped(tmp_path)
 
 
 def test_the_object_stores_own_download_would_escape(tmp_path: Path) -> None:
-    """Control: why inference wraps ``ObjectStore.download_prefix``."""
+    """Control: why inference does not use ``ObjectStore.download_prefix``."""
     prefix = "models/evil/artifacts"
     s3 = FakeS3({f"{prefix}/../escaped.txt": b"owned"})
     dest = tmp_path / "a" / "dest"

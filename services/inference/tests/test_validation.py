@@ -10,6 +10,8 @@ from inference.settings import InferenceSettings
 from inference.validation import InputColumn, InputSchema, build_frame
 from mlops_common.errors import Unprocessable
 
+from .conftest import SIGNING_PUBLIC_KEY
+
 SCHEMA = InputSchema(
     (
         InputColumn("age", "double", required=False),
@@ -112,6 +114,7 @@ def test_cache_dir_is_absolute_whatever_the_cwd(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("INFERENCE_CACHE_DIR", "relative/cache")
     monkeypatch.setenv("S3_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "test-secret")
+    monkeypatch.setenv("INFERENCE_TRUSTED_SIGNING_KEYS", SIGNING_PUBLIC_KEY)
     settings = InferenceSettings()  # type: ignore[call-arg, unused-ignore]
     assert settings.cache_dir.is_absolute()
     assert settings.cache_dir == Path.cwd() / "relative" / "cache"

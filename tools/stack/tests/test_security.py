@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 from mlops_stack.components import Stack, acl_hash, inherited_env
+from mlops_common.signing import public_key_of
+from mlops_stack.cli import main
 from mlops_stack.config import Paths, StackSecrets, StackSettings, make_private
 
 # Which generated secrets each component may hold (StackSecrets field names).
@@ -48,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
         "redis_trainer_password",
         "token_trainer",
         "mlflow_trainer_password",
+        "model_signing_key",
     },
     "inference": {"s3_inference_secret_key", "redis_inference_password", "token_inference"},
 }
@@ -101,6 +104,41 @@ def test_inference_has_no_database_nor_admin_keys(stack: Stack) -> None:
     assert inference.env["S3_ACCESS_KEY_ID"] == stack.secrets.s3_inference_access_key
     assert inference.env["INFERENCE_GATEWAY_TOKEN"] == stack.secrets.token_inference
     assert inference.env["INFERENCE_REDIS_URL"].startswith("redis://inference:")
+
+
+def test_only_the_worker_signs_and_inference_trusts_the_public_keys(stack: Stack) -> None:
+    comps = {c.name: c for c in stack.components()}
+    sec = stack.secrets
+    public = public_key_of(sec.model_signing_key)
+    assert comps["trainer-worker"].env["TRAINER_SIGNING_KEY"] == sec.model_signing_key
+    assert "TRAINER_SIGNING_KEY" not in comps["trainer"].env
+    assert comps["inference"].env["INFERENCE_TRUSTED_SIGNING_KEYS"] == public
+    assert stack.client_env()["INFERENCE_TRUSTED_SIGNING_KEYS"] == public
+
+
+def test_rotating_the_signing_key_keeps_trusting_the_old_one(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = stack.paths.home
+    before = stack.secrets
+    old_public = public_key_of(before.model_signing_key)
+    assert main(["--home", str(home), "signing-key", "rotate"]) == 0
+    rotated = StackSecrets.load_or_create(home)
+    assert rotated.model_signing_key != before.model_signing_key
+    assert rotated.trusted_signing_keys == [public_key_of(rotated.model_signing_key), old_public]
+    after = Stack(stack.settings, rotated, stack.paths)
+    inference = next(c for c in after.components() if c.name == "inference")
+    assert (
+        inference.env["INFERENCE_TRUSTED_SIGNING_KEYS"].split(",") == rotated.trusted_signing_keys
+    )
+    out = capsys.readouterr().out
+    assert "retired, still trusted" in out and rotated.model_signing_key not in out
+    assert _mode(home / "secrets.json") == 0o600
+
+    assert main(["--home", str(home), "signing-key", "retire"]) == 0
+    assert StackSecrets.load_or_create(home).trusted_signing_keys == [
+        public_key_of(rotated.model_signing_key)
+    ]
 
 
 def test_clients_get_the_urls_and_tokens_they_need(stack: Stack) -> None:

@@ -58,6 +58,14 @@ def make_s3_client(settings: S3Settings) -> S3Client:
     )
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    # Changes whenever the content does (an MD5 for single-part uploads): a cheap change check.
+    etag: str
+
+
 class ObjectStore:
     """The few object-store operations the services need, on top of a boto3 client."""
 
@@ -90,11 +98,21 @@ class ObjectStore:
         self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)
 
     def list_keys(self, prefix: S3Uri) -> list[str]:
-        keys: list[str] = []
+        return [obj.key for obj in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: S3Uri) -> list[StoredObject]:
+        """Every object whose key starts with ``prefix.key``, with its size and ETag."""
+        found: list[StoredObject] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return keys
+            found.extend(
+                StoredObject(obj["Key"], int(obj.get("Size", 0)), str(obj.get("ETag", "")))
+                for obj in page.get("Contents", [])
+            )
+        return found
+
+    def download_file(self, uri: S3Uri, filename: str) -> None:
+        self.client.download_file(uri.bucket, uri.key, filename)
 
     def download_prefix(self, prefix: S3Uri, dest: Path) -> int:
         """Copy every object under ``prefix`` into ``dest``, keeping relative paths. Returns count."""

@@ -18,12 +18,13 @@ from mlops_common.metrics import install_metrics
 from mlops_common.storage import ObjectStore
 
 from inference.api import router
+from inference.artifacts import ArtifactSource
 from inference.batching import Batcher
 from inference.deps import ModelGuard
 from inference.events import follow_alias_moves
 from inference.gateway import GatewayClient
 from inference.handler import PredictionHandler
-from inference.manager import ArtifactStore, ModelManager
+from inference.manager import ModelManager
 from inference.metrics import install_inference_metrics
 from inference.settings import InferenceSettings
 from inference.v2 import router as v2_router
@@ -48,11 +49,19 @@ def _guard(settings: InferenceSettings, source: TokenSource) -> ModelGuard | Non
     return ModelGuard(TokenVerifier(source, ttl_s=settings.token_cache_ttl_s), settings.model_name)
 
 
+def _warn_if_unsigned_allowed(settings: InferenceSettings) -> None:
+    if not settings.require_signed_models:
+        log.warning(
+            "INFERENCE_REQUIRE_SIGNED_MODELS is false: versions without the platform's "
+            "signature are served, and nothing checks their files were not changed"
+        )
+
+
 def create_app(
     settings: InferenceSettings,
     *,
     gateway_transport: httpx.AsyncBaseTransport | None = None,
-    store: ArtifactStore | None = None,
+    store: ArtifactSource | None = None,
     manager: ModelManager | None = None,
 ) -> FastAPI:
     """Build the app. An injected ``manager`` is driven by its owner (no background polling)."""
@@ -71,6 +80,7 @@ def create_app(
             app.state.guard = _guard(settings, gateway.introspect)
             active = manager
             if active is None:
+                _warn_if_unsigned_allowed(settings)
                 active = ModelManager.from_settings(
                     settings,
                     gateway,

@@ -4,9 +4,10 @@ A background task asks the gateway every ``poll_interval_s`` which version the a
 A new version is downloaded, loaded and checked off the event loop, then swapped in with a single
 reference assignment: requests already running keep the model object they started with. When
 anything fails the old model keeps serving, the failure is recorded in ``last_error``, and that
-same version is retried only with exponential backoff. Artifacts that ask for code to be run
-(pickles, shipped code, untrusted types) or files to be written outside the model's folder are
-refused the same way (see ``safe_load`` and ``artifacts``).
+same version is retried only with exponential backoff. Versions the platform did not sign, files
+changed since signing, and artifacts that ask for code to be run (pickles, shipped code,
+untrusted types) or files to be written outside the model's folder are refused the same way
+(see ``artifacts`` and ``safe_load``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ import functools
 import gc
 import logging
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from mlops_common.errors import PlatformError
-from mlops_common.storage import ObjectStore, S3Uri, S3UriError
+from mlops_common.signing import ManifestVerifier
 
-from inference.artifacts import SafeArtifactStore
+from inference.artifacts import ArtifactCache, ArtifactSource
 from inference.errors import ModelLoadError, ModelRejected, describe_exception
 from inference.gateway import AliasMissing, GatewayClient, GatewayError
 from inference.model import ModelVersion, ServedModel, load_served_model
@@ -37,12 +35,7 @@ from inference.validation import build_frame
 
 log = logging.getLogger(__name__)
 
-SOURCE_MARKER = ".artifact-uri"
 _MAX_REMEMBERED_FAILURES = 16
-
-
-class ArtifactStore(Protocol):
-    def download_prefix(self, prefix: S3Uri, dest: Path) -> int: ...
 
 
 ModelLoader = Callable[[Path, ModelVersion], ServedModel]
@@ -61,8 +54,9 @@ class ModelManager:
         model_name: str,
         alias: str,
         gateway: GatewayClient,
-        store: ArtifactStore,
+        store: ArtifactSource,
         cache_dir: Path,
+        verifier: ManifestVerifier | None,
         poll_interval_s: float = 2.0,
         loader: ModelLoader = load_served_model,
         retry_base_s: float = 30.0,
@@ -72,11 +66,9 @@ class ModelManager:
         self.model_name = model_name
         self.alias = alias
         self._gateway = gateway
-        # The object store's own download_prefix writes keys wherever they point; see artifacts.
-        self._store: ArtifactStore = (
-            SafeArtifactStore(store) if isinstance(store, ObjectStore) else store
-        )
-        self._cache_dir = cache_dir
+        # Keys checked, signatures verified, copies kept by manifest digest; see artifacts.
+        self._artifacts = ArtifactCache(store, cache_dir / _safe_name(model_name), verifier)
+        self._served_dir: Path | None = None
         self._poll_interval_s = poll_interval_s
         self._loader = loader
         self._retry_base_s = retry_base_s
@@ -98,7 +90,7 @@ class ModelManager:
 
     @classmethod
     def from_settings(
-        cls, settings: InferenceSettings, gateway: GatewayClient, store: ArtifactStore
+        cls, settings: InferenceSettings, gateway: GatewayClient, store: ArtifactSource
     ) -> ModelManager:
         return cls(
             model_name=settings.model_name,
@@ -106,6 +98,7 @@ class ModelManager:
             gateway=gateway,
             store=store,
             cache_dir=settings.cache_dir,
+            verifier=settings.manifest_verifier(),
             poll_interval_s=settings.poll_interval_s,
             loader=functools.partial(load_served_model, fast_path=settings.fast_path),
         )
@@ -237,7 +230,7 @@ class ModelManager:
             target.version,
             f" (was version {previous.meta.version})" if previous is not None else "",
         )
-        await asyncio.to_thread(self._prune_cache, target)
+        await asyncio.to_thread(self._prune_cache)
         return True
 
     def _record_failure(self, target: ModelVersion, exc: Exception) -> None:
@@ -269,53 +262,24 @@ class ModelManager:
 
     # ---- blocking work, run in a thread --------------------------------------------------------
     def _prepare(self, target: ModelVersion) -> ServedModel:
-        local_dir = self._download(target)
+        fetched = self._artifacts.fetch(target.name, target.artifact_uri)
+        # What /model-info reports comes from the verified manifest, never from the gateway.
+        manifest = fetched.manifest
+        meta = target.model_copy(
+            update={
+                "manifest_sha256": manifest.digest if manifest else None,
+                "signed_by": manifest.key_id if manifest else None,
+            }
+        )
         try:
-            model = self._loader(local_dir, target)
+            model = self._loader(fetched.path, meta)
             self._verify(model)
         except Exception:
             # A broken copy must not be reused by the next attempt.
-            shutil.rmtree(local_dir, ignore_errors=True)
+            self._artifacts.discard(fetched)
             raise
+        self._served_dir = fetched.path
         return model
-
-    def _version_dir(self, target: ModelVersion) -> Path:
-        return self._model_dir() / str(target.version)
-
-    def _model_dir(self) -> Path:
-        return self._cache_dir / _safe_name(self.model_name)
-
-    def _download(self, target: ModelVersion) -> Path:
-        try:
-            prefix = S3Uri.parse(target.artifact_uri)
-        except S3UriError as exc:
-            raise ModelLoadError(f"artifact_uri is not usable: {exc}") from exc
-        dest = self._version_dir(target)
-        marker = dest / SOURCE_MARKER
-        cached = (dest / "MLmodel").is_file() and marker.is_file()
-        if cached and marker.read_text() == target.artifact_uri:
-            log.info("using the cached copy in %s", dest)
-            return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # Download next to the final place and rename: a crash never leaves a half-copied
-        # directory that a restart would take for a complete model.
-        partial = dest.parent / f".partial-{target.version}-{uuid.uuid4().hex[:8]}"
-        try:
-            count = self._store.download_prefix(prefix, partial)
-            if count == 0:
-                raise ModelLoadError(f"no artifacts under {target.artifact_uri}")
-            (partial / SOURCE_MARKER).write_text(target.artifact_uri)
-            shutil.rmtree(dest, ignore_errors=True)
-            partial.rename(dest)
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                f"download of {target.artifact_uri} failed: {describe_exception(exc)}"
-            ) from exc
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        return dest
 
     def _verify(self, model: ServedModel) -> None:
         if model.input_schema is None:
@@ -351,16 +315,9 @@ class ModelManager:
                 f"values for {len(frame)} rows"
             )
 
-    def _prune_cache(self, keep: ModelVersion) -> None:
-        """Delete other versions' copies: the served model is in memory, nothing reads them."""
-        keep_name = str(keep.version)
-        try:
-            entries = list(self._model_dir().iterdir())
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name != keep_name and entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
+    def _prune_cache(self) -> None:
+        if self._served_dir is not None:
+            self._artifacts.prune(self._served_dir)
 
 
 def _settle_heap() -> None:

@@ -46,6 +46,9 @@ class ModelVersion(BaseModel):
     model_id: str | None = None
     source: str | None = None
     created_at: str | int | float | None = None
+    # Set by inference from the verified signed manifest (whatever the gateway's answer says).
+    manifest_sha256: str | None = None
+    signed_by: str | None = None
 
 
 @dataclass(frozen=True)

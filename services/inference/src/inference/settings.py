@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Self
 
 from mlops_common.settings import S3Settings, ServiceSettings, from_env
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
+from mlops_common.signing import ManifestVerifier
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 
 def default_cache_dir() -> Path:
@@ -41,6 +42,11 @@ class InferenceSettings(ServiceSettings):
         le=10,
         description="How long a checked caller token is trusted before the gateway is asked again",
     )
+    # Public keys (base64, comma-separated) whose signatures on model artifacts are trusted;
+    # more than one while the signing key is rotated (docs/security.md).
+    trusted_signing_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Off only on purpose (serving models registered outside the trainer): logs a warning.
+    require_signed_models: bool = True
     poll_interval_s: float = Field(default=2.0, gt=0)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     s3: S3Settings = Field(default_factory=from_env(S3Settings))
@@ -61,6 +67,30 @@ class InferenceSettings(ServiceSettings):
     # Alias-move events published by the gateway; unset: polling alone.
     redis_url: str | None = None
     alias_channel: str = "mlops:alias-moves"
+
+    @field_validator("trusted_signing_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _signing_keys(self) -> Self:
+        if self.require_signed_models and not self.trusted_signing_keys:
+            raise ValueError(
+                "INFERENCE_TRUSTED_SIGNING_KEYS is empty: inference serves only models signed "
+                "by the platform, so it needs the signing key's public half (`mlops env` prints "
+                "it for the local stack)"
+            )
+        if self.trusted_signing_keys:
+            ManifestVerifier(self.trusted_signing_keys)  # a malformed key fails at start-up
+        return self
+
+    def manifest_verifier(self) -> ManifestVerifier | None:
+        if not self.require_signed_models:
+            return None
+        return ManifestVerifier(self.trusted_signing_keys)
 
     @field_validator("cache_dir")
     @classmethod

@@ -23,6 +23,8 @@ class TrainerSettings(ServiceSettings):
     gateway_url: str = "http://127.0.0.1:8820"
     # The trainer's own token for the gateway (scopes models:read and models:promote).
     gateway_token: SecretStr | None = None
+    # The platform's Ed25519 model-signing key (base64); only the workers need it.
+    signing_key: SecretStr | None = None
     token_cache_ttl_s: float = Field(
         default=5.0, gt=0, le=10, description="How long a checked API token is trusted"
     )

@@ -1,20 +1,32 @@
-"""One training job, start to finish: load, split, fit, evaluate, track, register, promote."""
+"""One training job, start to finish: load, split, fit, evaluate, track, sign, register, promote."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import mlflow
 import mlflow.sklearn
+import numpy as np
+import pandas as pd
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlops_common.errors import Unprocessable
+from mlops_common.signing import (
+    SIGNATURE_FILE,
+    Manifest,
+    ManifestSigner,
+    ManifestVerifier,
+    public_key_of,
+)
 from mlops_common.storage import ObjectStore
 from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from sklearn.model_selection import train_test_split
@@ -86,8 +98,11 @@ class Trainer:
         *,
         dataset_buckets: Collection[str] = DEFAULT_DATASET_BUCKETS,
         max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+        signing_key: str,
     ) -> None:
         self.store = store
+        self.signer = ManifestSigner(signing_key)
+        self.verifier = ManifestVerifier([public_key_of(signing_key)])
         self.gateway = gateway
         self.experiment = experiment
         self.max_rows = max_rows
@@ -176,12 +191,20 @@ class Trainer:
                 name="model",
                 signature=signature,
                 input_example=x_train.head(5),
-                registered_model_name=request.model_name,
                 pip_requirements=PIP_REQUIREMENTS,
                 skops_trusted_types=trusted_types(pipeline),
             )
-            version = int(info.registered_model_version)
-        step(f"logged run {run.info.run_id} and registered {request.model_name} v{version}")
+            step(f"logged run {run.info.run_id}")
+            # Registered only once signed: no version exists that inference would refuse.
+            manifest = self.sign(info, request.model_name, run.info.run_id, pipeline, x_test)
+            step(f"signed {len(manifest.files)} files ({manifest.key_id}, {manifest.digest[:12]})")
+            registered = mlflow.register_model(
+                info.model_uri,
+                request.model_name,
+                tags={"mlops.manifest_sha256": manifest.digest, "mlops.signed_by": manifest.key_id},
+            )
+            version = int(registered.version)
+        step(f"registered {request.model_name} v{version}")
         result = TrainingResult(task, algorithm_name, run.info.run_id, version, metrics)
         if request.promote is not None:
             result.promoted, result.promotion = self.promote(
@@ -189,6 +212,35 @@ class Trainer:
             )
             step(f"promotion: {result.promotion['reason']}")
         return result
+
+    def sign(
+        self, info: ModelInfo, model_name: str, run_id: str, pipeline: Any, check: pd.DataFrame
+    ) -> Manifest:
+        """Sign the model's files as they are in the artifact store; store the signature there.
+
+        The files are read back from the store rather than taken from the local save, so what
+        is signed is what inference will download. A change made there in the moments between
+        upload and read-back would have to predict exactly as the fitted pipeline does, and
+        inference's own checks still apply to it.
+        """
+        with tempfile.TemporaryDirectory(prefix="mlops-sign-") as scratch:
+            # From the storage location itself: a models:/ download adds a file of MLflow's own.
+            location = self.client.get_logged_model(info.model_id).artifact_location
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=scratch)
+            )
+            stored = skops_io.load(local / "model.skops", trusted=list(PLATFORM_TRUSTED_TYPES))
+            rows = check.head(50)
+            if not np.array_equal(
+                np.asarray(stored.predict(rows)), np.asarray(pipeline.predict(rows))
+            ):
+                raise RuntimeError("the stored model does not predict as the fitted one does")
+            envelope = self.signer.sign_dir(local, model_name=model_name, run_id=run_id)
+            # Checked with the public half, as inference will: a signing bug fails the job here.
+            manifest = self.verifier.verify(envelope, model_name=model_name)
+            (local / SIGNATURE_FILE).write_bytes(envelope)
+            self.client.log_model_artifact(info.model_id, str(local / SIGNATURE_FILE))
+        return manifest
 
     def promote(
         self,

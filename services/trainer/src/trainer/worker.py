@@ -28,6 +28,12 @@ from trainer.training import JobFailed, Trainer
 log = logging.getLogger("trainer.worker")
 
 settings = TrainerSettings()
+if settings.signing_key is None:
+    # At import, so the worker does not start (rather than failing every job it takes).
+    raise SystemExit(
+        "TRAINER_SIGNING_KEY is not set: the worker signs every model it registers, and "
+        "inference serves nothing unsigned"
+    )
 celery_app: Celery = make_celery(settings)
 
 
@@ -42,6 +48,7 @@ def _runtime() -> tuple[JobStore, Trainer]:
         timeout_s=30.0,
         headers={"Authorization": f"Bearer {token.get_secret_value()}"} if token else None,
     )
+    assert settings.signing_key is not None  # checked at import
     trainer = Trainer(
         ObjectStore.from_settings(settings.s3),
         gateway,
@@ -49,6 +56,7 @@ def _runtime() -> tuple[JobStore, Trainer]:
         settings.max_dataset_rows,
         dataset_buckets=settings.dataset_buckets,
         max_dataset_bytes=settings.max_dataset_bytes,
+        signing_key=settings.signing_key.get_secret_value(),
     )
     return JobStore(make_engine(url, settings.db.pool_size)), trainer
 

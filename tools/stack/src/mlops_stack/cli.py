@@ -1,6 +1,7 @@
 """``mlops``: run the platform as supervised local processes.
 
 mlops up | down | status | logs COMPONENT | env | token create|list|revoke
+      | signing-key show|rotate|retire
 """
 
 from __future__ import annotations
@@ -222,6 +223,28 @@ class Cli:
             _out(f"export {key}={_shell_quote(value)}")
         return 0
 
+    # ---- the model signing key ------------------------------------------------------------------
+    def signing_key(self, action: str) -> int:
+        from mlops_common.signing import ManifestVerifier, public_key_of
+
+        if not (self.home / "secrets.json").exists():
+            _err(f"no stack state in {self.home}: run `mlops up` first")
+            return 2
+        secrets = StackSecrets.load_or_create(self.home)
+        if action == "rotate":
+            secrets = secrets.rotate_signing_key()
+        elif action == "retire":
+            secrets = secrets.retire_signing_keys()
+        if action != "show":
+            secrets.save(self.home)
+        current = public_key_of(secrets.model_signing_key)
+        for key in secrets.trusted_signing_keys:
+            role = "signs new models" if key == current else "retired, still trusted"
+            _out(f"{ManifestVerifier([key]).key_ids[0]}  {key}  ({role})")
+        if action != "show":
+            _out("restart the stack (`mlops down && mlops up`) for it to take effect")
+        return 0
+
     # ---- tokens ---------------------------------------------------------------------------------
     def _token_store(self) -> TokenStore:
         import psycopg2
@@ -361,6 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     token_sub.add_parser("list", help="list tokens (never their secrets)")
     revoke = token_sub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
+    signing = sub.add_parser("signing-key", help="show or rotate the key that signs models")
+    signing.add_argument(
+        "action",
+        choices=["show", "rotate", "retire"],
+        help="show the trusted public keys; rotate: sign with a new key, keep trusting the "
+        "old one; retire: trust only the current key",
+    )
     args = parser.parse_args(argv)
     # Nothing this process creates (state, secrets, configuration) is readable by others.
     os.umask(PRIVATE_UMASK)
@@ -377,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.logs(args.component, args.lines, args.follow)
     if args.command == "token":
         return cli.token(args)
+    if args.command == "signing-key":
+        return cli.signing_key(args.action)
     return cli.env()
 
 

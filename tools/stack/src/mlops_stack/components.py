@@ -369,6 +369,8 @@ class Stack:
             "INFERENCE_URL": self.service_url(st.inference_port),
             # The local user's API token (scope admin) for the services' APIs.
             "MLOPS_TOKEN": sec.token_admin,
+            # Public: what an inference server of one's own needs to trust the platform's models.
+            "INFERENCE_TRUSTED_SIGNING_KEYS": ",".join(sec.trusted_signing_keys),
             **(
                 {
                     "AIRFLOW_URL": self.service_url(st.airflow_port),
@@ -857,8 +859,10 @@ class Stack:
             **self.s3_env("trainer"),
         }
         if worker:
-            # Only the worker talks to MLflow (runs, models, versions).
+            # Only the worker talks to MLflow (runs, models, versions), and signs what it
+            # registers.
             env |= self.mlflow_client_env(MLFLOW_TRAINER, self.secrets.mlflow_trainer_password)
+            env["TRAINER_SIGNING_KEY"] = self.secrets.model_signing_key
         return env
 
     def trainer_api(self) -> Component:
@@ -923,6 +927,7 @@ class Stack:
                 "INFERENCE_GATEWAY_URL": self.service_url(st.gateway_port),
                 "INFERENCE_GATEWAY_TOKEN": self.secrets.token_inference,
                 "INFERENCE_CACHE_DIR": str(self.paths.data("inference-cache")),
+                "INFERENCE_TRUSTED_SIGNING_KEYS": ",".join(self.secrets.trusted_signing_keys),
                 "INFERENCE_REDIS_URL": self.redis_url("inference"),
                 **self.s3_env("inference"),
             },

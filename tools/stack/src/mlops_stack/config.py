@@ -7,10 +7,11 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from mlops_common.auth import new_token
+from mlops_common.signing import generate_key_pair, public_key_of
 from pydantic import Field as SettingField
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -154,10 +155,21 @@ class StackSecrets:
     token_trainer: str = field(default_factory=new_token)
     token_inference: str = field(default_factory=new_token)
     token_airflow: str = field(default_factory=new_token)
+    # Signs every registered model (only the trainer workers hold it). Inference trusts its
+    # public half and the retired public keys (comma-separated) kept by `mlops signing-key
+    # rotate`, so versions signed before a rotation keep serving until they are replaced.
+    model_signing_key: str = field(default_factory=lambda: generate_key_pair()[0])
+    model_signing_retired_public_keys: str = ""
+
+    @property
+    def trusted_signing_keys(self) -> list[str]:
+        """The public keys inference trusts: the current one first, then the retired ones."""
+        retired = [k for k in self.model_signing_retired_public_keys.split(",") if k]
+        return [public_key_of(self.model_signing_key), *retired]
 
     def secret_values(self) -> set[str]:
         """Every generated secret (user names and other non-secret fields left out)."""
-        public = {"postgres_user", "airflow_username"}
+        public = {"postgres_user", "airflow_username", "model_signing_retired_public_keys"}
         public |= {f.name for f in fields(self) if f.name.endswith("_access_key")}
         return {v for f in fields(self) if f.name not in public for v in [getattr(self, f.name)]}
 
@@ -168,11 +180,27 @@ class StackSecrets:
         stored = json.loads(path.read_text()) if path.exists() else {}
         loaded = cls(**{k: v for k, v in stored.items() if k in known})
         if set(stored) != known:
-            home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(asdict(loaded), fh, indent=2)
+            loaded.save(home)
         return loaded
+
+    def save(self, home: Path) -> None:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(home / "secrets.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+
+    def rotate_signing_key(self) -> StackSecrets:
+        """A new signing key; the old public key stays trusted (retire it once unused)."""
+        retired = [k for k in self.trusted_signing_keys if k]
+        return replace(
+            self,
+            model_signing_key=generate_key_pair()[0],
+            model_signing_retired_public_keys=",".join(dict.fromkeys(retired)),
+        )
+
+    def retire_signing_keys(self) -> StackSecrets:
+        """Trust only the current signing key again."""
+        return replace(self, model_signing_retired_public_keys="")
 
 
 @dataclass(frozen=True)

@@ -787,3 +787,32 @@ async def test_empty_and_broken_shapes_are_a_4xx_naming_the_field(
     error = v2_error(response)
     assert error["field"] == field
     assert message in error["message"]
+
+
+async def test_the_openapi_documents_v2_errors_as_the_one_string_they_are(
+    service: Any, gateway: Any
+) -> None:
+    """Schemathesis found V2 errors documented as /predict's object: they are a string."""
+    from inference.v2_schema import V2Error
+
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        assert await svc.manager.poll_once()
+        spec = (await svc.client.get("/openapi.json")).json()
+        missing = await svc.client.get("/v2/models/prices/versions/1")
+        empty = {"name": "", "datatype": "", "shape": [], "data": []}
+        invalid = await svc.post_json(INFER, {"inputs": [empty]})
+
+    for path, item in spec["paths"].items():
+        if not path.startswith("/v2/") or "/health/" in path:
+            continue
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                # FastAPI's own 422 (any object) stays on routes without a body.
+                if status[0] in "45" and (status != "422" or path.endswith("/infer")):
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/V2Error"), (method, path, status, ref)
+    assert missing.status_code == 404
+    assert invalid.status_code == 422
+    for response in (missing, invalid):
+        V2Error.model_validate(response.json())

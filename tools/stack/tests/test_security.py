@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from mlops_stack.components import Stack, acl_hash, inherited_env
 from mlops_common.signing import public_key_of
 from mlops_stack.cli import main
+from mlops_stack.components import Stack, acl_hash, inherited_env
 from mlops_stack.config import Paths, StackSecrets, StackSettings, make_private
 
 # Which generated secrets each component may hold (StackSecrets field names).

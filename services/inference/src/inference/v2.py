@@ -32,7 +32,6 @@ from inference.body_limit import read_body
 from inference.deps import HandlerDep, ServingDep, authorize
 from inference.handler import PredictionHandler
 from inference.model import Prediction, ServedModel
-from inference.schema import ErrorResponse
 from inference.v2_schema import (
     DATATYPES,
     InferenceRequest,
@@ -45,6 +44,7 @@ from inference.v2_schema import (
     ServerLive,
     ServerMetadata,
     ServerReady,
+    V2Error,
 )
 from inference.validation import InputColumn, InputSchema
 
@@ -110,16 +110,22 @@ def _as_json(scope: Any) -> dict[str, Any]:
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=_V2Route)
 
+# Errors under /v2 are the protocol's {"error": "<field>: <message>"} (see install_error_handlers).
 _NOT_SERVED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Missing, unknown, expired or revoked token"},
-    403: {"model": ErrorResponse, "description": "The token lacks `predict` for this model"},
-    404: {"model": ErrorResponse, "description": "Not the served model name or version"},
-    503: {"model": ErrorResponse, "description": "No model loaded yet"},
+    401: {"model": V2Error, "description": "Missing, unknown, expired or revoked token"},
+    403: {"model": V2Error, "description": "The token lacks `predict` for this model"},
+    404: {"model": V2Error, "description": "Not the served model name or version"},
+    503: {"model": V2Error, "description": "No model loaded yet"},
 }
 
 
 # ---- health and metadata ------------------------------------------------------------------------
-@router.get("", response_model=ServerMetadata, summary="Server metadata")
+@router.get(
+    "",
+    response_model=ServerMetadata,
+    summary="Server metadata",
+    responses={code: _NOT_SERVED[code] for code in (401, 403, 503)},
+)
 async def server_metadata(_: ServingDep) -> ServerMetadata:
     return ServerMetadata(
         name="inference", version=package_version("inference"), extensions=[v2_binary.EXTENSION]
@@ -189,8 +195,8 @@ async def model_version_ready(name: str, version: str, handler: ServingDep) -> J
 
 # ---- inference ----------------------------------------------------------------------------------
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "More rows than max_batch_rows"},
-    422: {"model": ErrorResponse, "description": "Request invalid; `field` says where"},
+    413: {"model": V2Error, "description": "More rows than max_batch_rows"},
+    422: {"model": V2Error, "description": "Request invalid; the message starts with the field"},
     **_NOT_SERVED,
 }
 

@@ -129,3 +129,9 @@ class ServerReady(BaseModel):
 class ModelReady(BaseModel):
     name: str
     ready: bool
+
+
+class V2Error(BaseModel):
+    """The protocol's error body: one string, which names the field first (``field: problem``)."""
+
+    error: str

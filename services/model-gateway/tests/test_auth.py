@@ -228,3 +228,33 @@ def test_introspection_needs_its_scope_and_says_little_about_bad_tokens(
         "expires_at": None,
     }
     assert refused.status_code == 403
+
+
+def test_an_admin_limited_to_some_models_hands_out_nothing_wider(
+    client: TestClient, tokens: TokenStore
+) -> None:
+    """Else a model-limited admin could mint itself an unlimited one."""
+    secret, _ = tokens.create("churn-admin", ["admin"], "churn*")
+    tokens.create("fraud-team", ["predict"], "fraud*")
+    limited = bearer(secret)
+
+    for models in ("*", "c*", "fraud", "churn*x*"):
+        refused = client.post(
+            "/v1/tokens", json={"name": "wide", "scopes": ["admin"], "models": models},
+            headers=limited,
+        )  # fmt: skip
+        assert refused.status_code == 403, models
+        assert refused.json()["error"]["field"] == "models"
+    for models in ("churn*", "churn-eu"):
+        made = client.post(
+            "/v1/tokens", json={"name": f"ok-{models.strip('*')}", "scopes": ["predict"],
+                                "models": models},
+            headers=limited,
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+
+    listed = {t["name"] for t in client.get("/v1/tokens", headers=limited).json()["tokens"]}
+    assert "fraud-team" not in listed and "ok-churn-eu" in listed
+    assert client.delete("/v1/tokens/fraud-team", headers=limited).status_code == 404
+    assert [t.active for t in tokens.list() if t.name == "fraud-team"] == [True]
+    assert client.delete("/v1/tokens/ok-churn-eu", headers=limited).status_code == 200

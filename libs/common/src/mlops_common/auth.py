@@ -151,6 +151,16 @@ class Principal:
                 scope=scope,
             )
 
+    def covers(self, pattern: str) -> bool:
+        """Whether every model name ``pattern`` matches is one this principal may use.
+
+        Conservative: a glob is covered only by ``*`` or by the same glob; a plain name by any
+        pattern matching it.
+        """
+        if self.models == "*" or pattern == self.models:
+            return True
+        return not any(char in pattern for char in "*?[") and self.may_use(pattern)
+
     def sql_like(self) -> str | None:
         """The model pattern as a SQL LIKE pattern (``None`` for every model)."""
         if self.models == "*":

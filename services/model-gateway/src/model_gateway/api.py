@@ -185,9 +185,12 @@ async def create_token(body: CreateTokenRequest, tokens: TokensDep, admin: Admin
 
 
 @router.get("/v1/tokens", responses=_auth_errors)
-async def list_tokens(tokens: TokensDep, _: Admin) -> TokenList:
-    """Every token with its scopes, pattern, expiry and last use; never a secret."""
-    return await tokens.list()
+async def list_tokens(tokens: TokensDep, admin: Admin) -> TokenList:
+    """Tokens with their scopes, pattern, expiry and last use; never a secret.
+
+    An admin token limited to some models sees only the tokens within that limit.
+    """
+    return await tokens.list(admin)
 
 
 @router.delete("/v1/tokens/{token_name}", responses={**_auth_errors, 404: _errors[404]})

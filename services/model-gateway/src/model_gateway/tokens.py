@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from mlops_common.auth import Principal, TokenInfo, TokenStore, TokenVerifier, parse_duration
+from mlops_common.errors import Forbidden, NotFound
 
 from model_gateway.schemas import (
     CreatedToken,
@@ -39,6 +40,15 @@ class TokensHandler:
         self.verifier = verifier
 
     async def create(self, body: CreateTokenRequest, by: Principal) -> CreatedToken:
+        # An admin limited to some models hands out nothing wider than its own limit, or it
+        # could mint itself an unlimited admin.
+        if not by.covers(body.models):
+            raise Forbidden(
+                f"token {by.name!r} is limited to models {by.models!r} and cannot create a "
+                f"token for {body.models!r}",
+                field="models",
+                scope="admin",
+            )
         expires = parse_duration(body.expires_in) if body.expires_in else None
         secret, info = await asyncio.to_thread(
             self.store.create, body.name, body.scopes, body.models, expires
@@ -46,11 +56,17 @@ class TokensHandler:
         log.info("token %r created by %r (scopes %s)", info.name, by.name, " ".join(info.scopes))
         return CreatedToken(**_view(info).model_dump(), token=secret)
 
-    async def list(self) -> TokenList:
+    async def list(self, by: Principal) -> TokenList:
         infos = await asyncio.to_thread(self.store.list)
-        return TokenList(tokens=[_view(info) for info in infos])
+        return TokenList(tokens=[_view(info) for info in infos if by.covers(info.models)])
 
     async def revoke(self, name: str, by: Principal) -> TokenView:
+        if by.models != "*":
+            known = {info.name: info for info in await asyncio.to_thread(self.store.list)}
+            target = known.get(name)
+            # Tokens outside its limit are not its business: as unknown to it as missing ones.
+            if target is None or not by.covers(target.models):
+                raise NotFound(f"no token named {name!r}", field="name")
         info = await asyncio.to_thread(self.store.revoke, name)
         self.verifier.forget(name)
         log.info("token %r revoked by %r", name, by.name)

@@ -183,40 +183,74 @@ def train(
     return wait_for_job(http, stack, response.json()["job_id"], timeout_s)
 
 
-@pytest.fixture(scope="session")
-def extra_inference(stack: StackUrls) -> Iterator[Any]:
-    """Starts another inference instance (one per model, as a team would) for a named model."""
-    procs: list[subprocess.Popen[bytes]] = []
+class ExtraInference:
+    """Inference instances of the test's own (one per model, as a team would run them).
 
-    def start(model_name: str, port: int) -> str:
-        token = stack.create_token(
+    Called with (name, port), returns its URL once it serves; ``restart(port)`` stops it and starts
+    it again with the same cache folder, as a restarted container would.
+    """
+
+    def __init__(self, stack: StackUrls) -> None:
+        self._stack = stack
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._envs: dict[int, dict[str, str]] = {}
+
+    def __call__(self, model_name: str, port: int, *, serving: bool = True) -> str:
+        token = self._stack.create_token(
             f"e2e-inference-{model_name}-{port}-{uuid.uuid4().hex[:6]}",
             "models:read",
             "tokens:introspect",
             models=model_name,
         )
-        env = {
+        self._envs[port] = {
             **os.environ,
-            **stack.env,
+            **self._stack.env,
             "INFERENCE_GATEWAY_TOKEN": token,
             "INFERENCE_MODEL_NAME": model_name,
             "INFERENCE_PORT": str(port),
-            "INFERENCE_GATEWAY_URL": stack.gateway,
+            "INFERENCE_GATEWAY_URL": self._stack.gateway,
             "INFERENCE_POLL_INTERVAL_S": "1",
             "INFERENCE_CACHE_DIR": tempfile.mkdtemp(prefix=f"inference-{model_name}-"),
         }
-        log = open(Path(tempfile.gettempdir()) / f"e2e-inference-{port}.log", "wb")  # noqa: SIM115
+        return self._launch(port, serving=serving)
+
+    def restart(self, port: int, *, serving: bool = True) -> str:
+        self._stop(port)
+        return self._launch(port, serving=serving)
+
+    def log(self, port: int) -> Path:
+        return Path(tempfile.gettempdir()) / f"e2e-inference-{port}.log"
+
+    def _launch(self, port: int, *, serving: bool) -> str:
+        log = self.log(port).open("ab")
         executable = str(Path(sys.executable).parent / "inference")
-        procs.append(subprocess.Popen([executable], env=env, stdout=log, stderr=subprocess.STDOUT))
+        self._procs[port] = subprocess.Popen(
+            [executable], env=self._envs[port], stdout=log, stderr=subprocess.STDOUT
+        )
         url = f"http://127.0.0.1:{port}"
+        # Serving is a 200; a process that refuses its model answers 503 with the reason.
+        wanted = (200,) if serving else (200, 503)
 
-        def serving() -> bool:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        def up() -> bool:
+            return httpx.get(f"{url}/health", timeout=2).status_code in wanted
 
-        assert wait_until(serving, 90), f"inference for {model_name} did not start; see {log.name}"
+        assert wait_until(up, 90), f"inference on {port} did not start; see {log.name}"
         return url
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=30)
+    def _stop(self, port: int) -> None:
+        proc = self._procs.pop(port, None)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for port in list(self._procs):
+            self._stop(port)
+
+
+@pytest.fixture(scope="session")
+def extra_inference(stack: StackUrls) -> Iterator[ExtraInference]:
+    """Starts another inference instance (one per model, as a team would) for a named model."""
+    instances = ExtraInference(stack)
+    yield instances
+    instances.close()

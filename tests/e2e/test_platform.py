@@ -57,6 +57,8 @@ def test_demo_model_answers_at_once(stack: StackUrls, http: httpx.Client) -> Non
     champion = http.get(f"{stack.gateway}/v1/models/demo/aliases/champion").json()
     assert info["version"] == champion["version"]
     assert info["artifact_uri"].startswith("s3://")
+    # Signed by the trainer at registration and verified by inference before loading.
+    assert info["signed_by"].startswith("ed25519:") and len(info["manifest_sha256"]) == 64
     rows = load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).head(5)
     response = http.post(f"{stack.inference}/predict", json={"instances": rows_of(rows)})
     assert response.status_code == 200, response.text

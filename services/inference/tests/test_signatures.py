@@ -17,7 +17,7 @@ from mlops_common.settings import S3Settings
 from mlops_common.signing import SIGNATURE_FILE, ManifestSigner, generate_key_pair
 from pydantic import SecretStr, ValidationError
 
-from .conftest import BUCKET, SIGNING_PUBLIC_KEY, sign
+from .conftest import BUCKET, SIGNING_PUBLIC_KEY, VERIFIER, sign
 
 pytestmark = pytest.mark.anyio
 
@@ -104,14 +104,17 @@ async def test_a_version_not_as_signed_is_refused_and_the_old_one_serves(
     assert not list((tmp_path / "cache" / "churn").glob(".partial-*"))
 
 
-async def test_model_info_names_the_verified_manifest(service: Any, gateway: Any) -> None:
+async def test_model_info_names_the_verified_manifest(
+    service: Any, gateway: Any, artifacts: Any
+) -> None:
     gateway.set_alias("churn", 1)
     async with service() as svc:
         await svc.manager.poll_once()
-        model = svc.manager.current
-    assert model is not None
-    assert model.meta.signed_by is not None and model.meta.signed_by.startswith("ed25519:")
-    assert model.meta.manifest_sha256 is not None and len(model.meta.manifest_sha256) == 64
+        info = (await svc.client.get("/model-info")).json()
+    envelope = (artifacts.dirs["churn-v1"] / SIGNATURE_FILE).read_bytes()
+    manifest = VERIFIER.verify(envelope, model_name="churn")
+    assert info["manifest_sha256"] == manifest.digest
+    assert info["signed_by"] == manifest.key_id == VERIFIER.key_ids[0]
 
 
 async def test_a_file_changed_in_the_store_is_refused_after_a_restart(

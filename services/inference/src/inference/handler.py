@@ -176,6 +176,8 @@ class PredictionHandler:
             flavor=model.flavor,
             signature=model.signature,
             loaded_at=model.loaded_at,
+            manifest_sha256=meta.manifest_sha256,
+            signed_by=meta.signed_by,
         )
 
     def _require_model(self) -> ServedModel:

@@ -73,6 +73,10 @@ class ModelInfo(BaseModel):
     flavor: str
     signature: dict[str, Any] | None
     loaded_at: datetime
+    manifest_sha256: str | None = Field(
+        default=None, description="Digest of the signed manifest the served files matched"
+    )
+    signed_by: str | None = Field(default=None, description="Id of the key that signed it")
 
 
 class ErrorBody(BaseModel):

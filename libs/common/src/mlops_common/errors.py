@@ -13,9 +13,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The shape of every error body, for the services' OpenAPI (what ``to_dict`` renders)."""
+
+    error: ErrorBody
 
 
 class PlatformError(Exception):

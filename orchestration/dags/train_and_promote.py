@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, dag
+from mlops_common.names import NEW_MODEL_NAME_PATTERN, SETTABLE_ALIAS_PATTERN
+from mlops_common.promotion import ALL_METRICS
 from mlops_dags.tasks import ETL_PARAMS, TASK_DEFAULTS, extract, split_and_write, validate
 from mlops_dags.training_tasks import (
     challenger_wins,
@@ -23,13 +25,13 @@ from mlops_dags.training_tasks import (
 
 PARAMS: dict[str, Any] = {
     **ETL_PARAMS,
-    "model_name": Param("demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
-    "alias": Param("champion", type="string"),
+    "model_name": Param("demo", type="string", pattern=NEW_MODEL_NAME_PATTERN),
+    "alias": Param("champion", type="string", pattern=SETTABLE_ALIAS_PATTERN),
     "algorithm": Param(
         "logistic_regression", type="string", description="empty: the trainer's default"
     ),
     "algorithm_params": Param({}, type="object"),
-    "metric": Param("roc_auc", type="string"),
+    "metric": Param("roc_auc", type="string", enum=ALL_METRICS),
     "margin": Param(0.0, type="number", minimum=0),
     "inference_conn_id": Param(
         "inference_api", type="string", description="connection of the inference service to check"

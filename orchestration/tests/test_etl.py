@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from mlops_common.datasets import frame_digest
 from mlops_common.storage import S3Uri
 from mlops_dags import etl
 from mlops_dags.promotion import decide
@@ -95,7 +96,7 @@ def test_processed_splits_and_manifest_are_written_idempotently() -> None:
     train = pd.read_parquet(io.BytesIO(store.objects[first["train_uri"]]))
     assert len(train) == first["rows"]["train"] == 80
     manifest = json.loads(store.objects[first["manifest_uri"]])
-    assert manifest["digest"] == etl.table_digest(frame)
+    assert manifest["digest"] == frame_digest(frame)
     assert [c["name"] for c in manifest["columns"]] == ["age", "city", "label"]
 
 
@@ -121,16 +122,20 @@ def test_bad_sources_fail_with_a_reason(source: str, target: str | None) -> None
 
 def test_promotion_decisions() -> None:
     champion = {"version": 1, "metrics": {"roc_auc": 0.90, "rmse": 10.0}}
-    assert decide({"version": 2, "metrics": {"roc_auc": 0.95}}, champion, "roc_auc", 0.01)[
+
+    def promotes(candidate: dict[str, float], metric: str, margin: float) -> bool:
+        decision = decide(
+            {"version": 2, "metrics": candidate}, champion, "champion", metric, margin
+        )
+        return bool(decision["promote"])
+
+    assert promotes({"roc_auc": 0.95}, "roc_auc", 0.01)
+    assert not promotes({"roc_auc": 0.905}, "roc_auc", 0.01)
+    assert not promotes({"roc_auc": 0.90}, "roc_auc", 0.0)
+    assert promotes({"rmse": 9.0}, "rmse", 0.5)
+    assert decide({"version": 1, "metrics": {"roc_auc": 0.5}}, None, "champion", "roc_auc", 0.0)[
         "promote"
     ]
-    assert not decide({"version": 2, "metrics": {"roc_auc": 0.905}}, champion, "roc_auc", 0.01)[
-        "promote"
-    ]
-    assert not decide({"version": 2, "metrics": {"roc_auc": 0.90}}, champion, "roc_auc", 0.0)[
-        "promote"
-    ]
-    assert decide({"version": 2, "metrics": {"rmse": 9.0}}, champion, "rmse", 0.5)["promote"]
-    assert decide({"version": 1, "metrics": {"roc_auc": 0.5}}, None, "roc_auc", 0.0)["promote"]
-    rejected = decide({"version": 2, "metrics": {"f1": 0.99}}, champion, "f1", 0.0)
-    assert not rejected["promote"] and "has no f1" in rejected["reason"]
+    rejected = decide({"version": 2, "metrics": {"f1": 0.99}}, champion, "champion", "f1", 0.0)
+    assert not rejected["promote"] and "champion v1 has no f1" in rejected["reason"]
+    assert rejected["champion_version"] == 1 and rejected["champion_value"] is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -11,17 +10,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlops_common.datasets import (
+    BUILTIN_TARGET,
+    BUILTIN_TASKS,
+    TABLE_SUFFIXES,
+    frame_digest,
+    load_builtin,
+    read_table,
+)
 from mlops_common.storage import ObjectStore, S3Uri
-from sklearn import datasets as skdatasets
 from sklearn.model_selection import train_test_split
 
-BUILTIN = {
-    "iris": skdatasets.load_iris,
-    "wine": skdatasets.load_wine,
-    "breast_cancer": skdatasets.load_breast_cancer,
-    "digits": skdatasets.load_digits,
-    "diabetes": skdatasets.load_diabetes,
-}
 DATA_BUCKET = "data"
 
 
@@ -40,34 +39,26 @@ class Checks:
 def parse_source(source: str, target: str | None) -> dict[str, str]:
     """A DAG param (``breast_cancer`` or ``s3://data/raw/x.csv``) as a source description."""
     if source.startswith("s3://"):
-        if not source.lower().endswith((".csv", ".parquet", ".pq")):
+        if not source.lower().endswith(TABLE_SUFFIXES):
             raise DataCheckFailed(f"source {source} must be a .csv or .parquet object")
         if not target:
             raise DataCheckFailed(f"source {source} needs a target column")
         return {"uri": source, "target": target}
-    if source not in BUILTIN:
+    if source not in BUILTIN_TASKS:
         raise DataCheckFailed(
-            f"unknown built-in data set {source!r}; known: {', '.join(sorted(BUILTIN))}"
+            f"unknown built-in data set {source!r}; known: {', '.join(sorted(BUILTIN_TASKS))}"
         )
-    return {"builtin": source, "target": target or "target"}
+    return {"builtin": source, "target": target or BUILTIN_TARGET}
 
 
-def read_table(store: ObjectStore, uri: str) -> pd.DataFrame:
-    raw = store.get_bytes(S3Uri.parse(uri))
-    if uri.lower().endswith((".parquet", ".pq")):
-        return pd.read_parquet(io.BytesIO(raw))
-    return pd.read_csv(io.BytesIO(raw))
+def load_table(store: ObjectStore, uri: str) -> pd.DataFrame:
+    return read_table(store.get_bytes(S3Uri.parse(uri)), uri)
 
 
 def load_raw(store: ObjectStore, source: dict[str, str]) -> pd.DataFrame:
     if "builtin" in source:
-        return BUILTIN[source["builtin"]](as_frame=True).frame
-    return read_table(store, source["uri"])
-
-
-def table_digest(frame: pd.DataFrame) -> str:
-    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
-    return hashlib.sha256(",".join(map(str, frame.columns)).encode() + hashed).hexdigest()[:16]
+        return load_builtin(source["builtin"])
+    return load_table(store, source["uri"])
 
 
 def to_parquet(frame: pd.DataFrame) -> bytes:
@@ -150,7 +141,7 @@ def write_processed(
     seed: int,
 ) -> dict[str, Any]:
     target = source["target"]
-    digest = table_digest(frame)
+    digest = frame_digest(frame)
     train, test = split(frame, target, test_size, seed)
     prefix = processed_prefix(name, digest, test_size, seed)
     train_uri = S3Uri(DATA_BUCKET, f"{prefix}/train.parquet")
@@ -168,8 +159,8 @@ def write_processed(
         "columns": [{"name": str(c), "dtype": str(t)} for c, t in frame.dtypes.items()],
         "train_uri": str(train_uri),
         "test_uri": str(test_uri),
-        "train_digest": table_digest(train),
-        "test_digest": table_digest(test),
+        "train_digest": frame_digest(train),
+        "test_digest": frame_digest(test),
         "created_at": datetime.now(UTC).isoformat(),
     }
     manifest_uri = S3Uri(DATA_BUCKET, f"{prefix}/manifest.json")

@@ -42,6 +42,7 @@ def extract(params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load the raw table (built-in set or s3://data/raw/…) and stage it as Parquet."""
     assert params is not None
     # Heavy imports stay inside tasks so that parsing the DAG files is fast.
+    from mlops_common.datasets import frame_digest
     from mlops_common.storage import S3Uri
 
     from mlops_dags import etl
@@ -54,7 +55,7 @@ def extract(params: dict[str, Any] | None = None) -> dict[str, Any]:
         raise AirflowFailException(str(exc)) from exc
     store = object_store()
     frame = etl.load_raw(store, spec)
-    digest = etl.table_digest(frame)
+    digest = frame_digest(frame)
     staged = S3Uri(etl.DATA_BUCKET, f"staging/{name}/{digest}.parquet")
     store.put_bytes(staged, etl.to_parquet(frame))
     log.info("extracted %s: %d rows x %d columns -> %s", source, len(frame), frame.shape[1], staged)
@@ -68,7 +69,7 @@ def validate(staged: dict[str, Any], params: dict[str, Any] | None = None) -> di
     from mlops_dags import etl
     from mlops_dags.connections import object_store
 
-    frame = etl.read_table(object_store(), staged["staged_uri"])
+    frame = etl.load_table(object_store(), staged["staged_uri"])
     checks = etl.Checks(
         max_null_fraction=float(params["max_null_fraction"]), ranges=params["ranges"] or {}
     )
@@ -91,7 +92,7 @@ def split_and_write(
     from mlops_dags.connections import object_store
 
     store = object_store()
-    frame = etl.read_table(store, checked["staged_uri"])
+    frame = etl.load_table(store, checked["staged_uri"])
     manifest = etl.write_processed(
         store,
         params["dataset_name"],

@@ -78,7 +78,7 @@ def compare(job: dict[str, Any], params: dict[str, Any] | None = None) -> dict[s
     champion_version = model["aliases"].get(alias)
     champion = next((v for v in model["versions"] if v["version"] == champion_version), None)
     candidate = {"version": job["model_version"], "metrics": job["metrics"]}
-    decision = decide(candidate, champion, params["metric"], float(params["margin"]))
+    decision = decide(candidate, champion, alias, params["metric"], float(params["margin"]))
     log.info("decision: %s", decision["reason"])
     return {**decision, "model_name": name, "alias": alias}
 

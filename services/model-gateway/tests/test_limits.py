@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from mlops_common.errors import Unprocessable
-from model_gateway.handlers import (
+from mlops_common.names import (
     MODEL_NAME_PATTERN,
     READABLE_ALIAS_PATTERN,
     SETTABLE_ALIAS_PATTERN,
-    validate_alias,
-    validate_model_name,
 )
+from model_gateway.handlers import validate_alias, validate_model_name
 
 from .conftest import AUTH
 

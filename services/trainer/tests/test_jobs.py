@@ -2,7 +2,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from trainer.jobs import JobStore, utcnow
+from sqlalchemy import update
+from trainer.jobs import Job, JobStore, utcnow
+from trainer.queue import recover_jobs
+from trainer.settings import TrainerSettings
+
+from .conftest import FakeQueue
 
 
 def test_only_one_delivery_claims_a_job(store: JobStore) -> None:
@@ -38,8 +43,28 @@ def test_live_jobs_are_left_alone_and_stale_ones_recovered(store: JobStore) -> N
     stale, _ = store.create("m", {"x": 2}, None)
     store.claim(live.id, "a")
     store.claim(stale.id, "b")
-    store.record(stale.id, heartbeat_at=utcnow() - timedelta(minutes=10))
+    with store.sessions() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == stale.id)
+            .values(heartbeat_at=utcnow() - timedelta(minutes=10))
+        )
+        session.commit()
     requeued, _ = store.recover_orphans(60, max_attempts=3)
     assert requeued == [stale.id]
     live_now = store.get(live.id)
     assert live_now is not None and live_now.status == "running"
+
+
+def test_recovery_sends_requeued_jobs_and_at_start_every_queued_one(
+    store: JobStore, settings: TrainerSettings
+) -> None:
+    waiting, _ = store.create("m", {"x": 1}, None)
+    orphan, _ = store.create("m", {"x": 2}, None)
+    store.claim(orphan.id, "trainer@host")
+    queue = FakeQueue()
+    recover_jobs(store, queue, settings, dead_worker="trainer@host")
+    assert queue.sent == [orphan.id]
+    queue = FakeQueue()
+    recover_jobs(store, queue, settings, resend_queued=True)
+    assert sorted(queue.sent) == sorted([waiting.id, orphan.id])

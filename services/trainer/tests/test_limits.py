@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from mlops_common.names import SETTABLE_ALIAS_PATTERN
 from sqlalchemy import Engine
 from trainer.app import create_app
 from trainer.jobs import JobStore
-from trainer.schemas import SETTABLE_ALIAS
 from trainer.settings import TrainerSettings
 
 from .conftest import ADMIN_TOKEN, FakeQueue
@@ -258,7 +258,7 @@ def test_aliases_the_gateway_sets_are_taken(client: TestClient, alias: str) -> N
 )
 def test_the_documented_alias_pattern_matches_the_rule(client: TestClient, alias: str) -> None:
     accepted = client.post("/v1/train", json={**IRIS, "promote": {"alias": alias}})
-    assert (accepted.status_code == 202) == bool(re.fullmatch(SETTABLE_ALIAS, alias))
+    assert (accepted.status_code == 202) == bool(re.fullmatch(SETTABLE_ALIAS_PATTERN, alias))
 
 
 def test_the_openapi_schema_documents_the_constraints(client: TestClient) -> None:
@@ -272,4 +272,4 @@ def test_the_openapi_schema_documents_the_constraints(client: TestClient) -> Non
     assert "n_jobs" not in request["params"]["properties"]
     assert schemas["DatasetSpec"]["properties"]["uri"]["pattern"].startswith("^s3://")
     assert schemas["DatasetSpec"]["oneOf"]
-    assert schemas["Promotion"]["properties"]["alias"]["pattern"] == SETTABLE_ALIAS
+    assert schemas["Promotion"]["properties"]["alias"]["pattern"] == SETTABLE_ALIAS_PATTERN

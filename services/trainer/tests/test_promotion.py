@@ -6,8 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
+from mlops_common.signing import generate_key_pair
 from trainer.schemas import Promotion
 from trainer.training import Trainer
+
+PRIVATE, _ = generate_key_pair()
 
 
 class FakeGateway:
@@ -26,13 +29,15 @@ class FakeGateway:
 
 
 def make_trainer(gateway: FakeGateway, holder_metrics: dict[str, float]) -> Trainer:
-    trainer = Trainer.__new__(Trainer)
-    trainer.gateway = httpx.Client(
-        base_url="http://gw", transport=httpx.MockTransport(gateway.handle)
-    )
     run = SimpleNamespace(data=SimpleNamespace(metrics=holder_metrics))
-    trainer.client = SimpleNamespace(get_run=lambda _run_id: run)  # type: ignore[assignment]
-    return trainer
+    return Trainer(
+        store=None,  # type: ignore[arg-type]  # promotion reads no data set
+        gateway=httpx.Client(base_url="http://gw", transport=httpx.MockTransport(gateway.handle)),
+        mlflow_client=SimpleNamespace(get_run=lambda _run_id: run),  # type: ignore[arg-type]
+        experiment="promotion",
+        max_rows=1,
+        signing_key=PRIVATE,
+    )
 
 
 def promote(

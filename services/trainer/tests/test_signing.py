@@ -27,20 +27,24 @@ PRIVATE, PUBLIC = generate_key_pair()
 
 
 @pytest.fixture
-def tracking(tmp_path: Path) -> Iterator[MlflowClient]:
-    previous = mlflow.get_tracking_uri()
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
+    # set_tracking_uri also writes MLFLOW_TRACKING_URI: monkeypatch puts the variable back.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.create_experiment("signing", artifact_location=(tmp_path / "artifacts").as_uri())
     try:
         yield MlflowClient()
     finally:
-        mlflow.set_tracking_uri(previous)
+        # None, not the URI read before: a URI set here would outlive the test and send every
+        # later MLflow call in this process (the e2e tests') to that store.
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
-def _trainer() -> Trainer:
+def _trainer(tracking: MlflowClient) -> Trainer:
     return Trainer(
         store=None,  # type: ignore[arg-type]  # a built-in data set reads nothing from S3
         gateway=None,  # type: ignore[arg-type]  # no promotion asked for
+        mlflow_client=tracking,
         experiment="signing",
         max_rows=10_000,
         signing_key=PRIVATE,
@@ -51,7 +55,7 @@ def test_a_registered_version_is_signed_for_its_model(tracking: MlflowClient) ->
     request = TrainRequest.model_validate(
         {"model_name": "iris-signed", "dataset": {"builtin": "iris"}}
     )
-    result = _trainer().run(request, "job-signing")
+    result = _trainer(tracking).run(request, "job-signing")
 
     version = tracking.get_model_version("iris-signed", str(result.model_version))
     # The files as stored, as inference reads them (not through MLflow's download, which adds
@@ -90,5 +94,5 @@ def test_a_model_that_changed_in_the_store_before_signing_is_not_registered(
         {"model_name": "iris-tampered", "dataset": {"builtin": "iris"}}
     )
     with pytest.raises(RuntimeError, match="does not predict as the fitted one"):
-        _trainer().run(request, "job-tampered")
+        _trainer(tracking).run(request, "job-tampered")
     assert tracking.search_model_versions("name='iris-tampered'") == []

@@ -66,6 +66,13 @@ class StoredObject:
     etag: str
 
 
+class ObjectTooLarge(Exception):
+    def __init__(self, uri: S3Uri, size: int) -> None:
+        super().__init__(f"{uri} is at least {size} bytes")
+        self.uri = uri
+        self.size = size
+
+
 class ObjectStore:
     """The few object-store operations the services need, on top of a boto3 client."""
 
@@ -76,23 +83,34 @@ class ObjectStore:
     def from_settings(cls, settings: S3Settings) -> ObjectStore:
         return cls(make_s3_client(settings))
 
-    def ensure_bucket(self, bucket: str) -> None:
-        try:
-            self.client.head_bucket(Bucket=bucket)
-        except ClientError:
-            self.client.create_bucket(Bucket=bucket)
+    def get_bytes(self, uri: S3Uri, max_bytes: int | None = None) -> bytes:
+        """The object's content; past ``max_bytes``, ObjectTooLarge instead of reading it all."""
+        response = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
+        body = response["Body"]
+        if max_bytes is None:
+            return body.read()
+        # The declared size refuses a large object before any of it is read; the bounded read
+        # still holds when a server declares none.
+        declared = response.get("ContentLength")
+        if isinstance(declared, int) and declared > max_bytes:
+            body.close()
+            raise ObjectTooLarge(uri, declared)
+        raw = body.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            body.close()
+            raise ObjectTooLarge(uri, len(raw))
+        return raw
 
-    def exists(self, uri: S3Uri) -> bool:
-        try:
-            self.client.head_object(Bucket=uri.bucket, Key=uri.key)
-        except ClientError as exc:
-            if _status(exc) in (403, 404):
-                return False
-            raise
-        return True
+    def get_range(self, uri: S3Uri, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` of the object, both included (an HTTP range)."""
+        response = self.client.get_object(
+            Bucket=uri.bucket, Key=uri.key, Range=f"bytes={start}-{end}"
+        )
+        return response["Body"].read()
 
-    def get_bytes(self, uri: S3Uri) -> bytes:
-        return self.client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    def size(self, uri: S3Uri) -> int:
+        """The object's size in bytes, from a HEAD request."""
+        return int(self.client.head_object(Bucket=uri.bucket, Key=uri.key)["ContentLength"])
 
     def put_bytes(self, uri: S3Uri, data: bytes) -> None:
         self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from mlops_common.auth import NAME_PATTERN, Principal, requires
-from mlops_common.errors import Unprocessable
-
-from model_gateway.handlers import (
-    MAX_NAME_LENGTH,
+from mlops_common.errors import ErrorResponse, Unprocessable
+from mlops_common.names import (
+    MAX_ALIAS_LENGTH,
+    MAX_MODEL_NAME_LENGTH,
     MODEL_NAME_PATTERN,
     READABLE_ALIAS_PATTERN,
     SETTABLE_ALIAS_PATTERN,
-    GatewayHandler,
 )
+from mlops_common.service import from_state
+
+from model_gateway.handlers import GatewayHandler
 from model_gateway.schemas import (
     AliasMove,
     AuditHistory,
     CreatedToken,
     CreateTokenRequest,
-    ErrorResponse,
     Health,
     Introspection,
     IntrospectRequest,
@@ -33,15 +34,6 @@ from model_gateway.schemas import (
 from model_gateway.tokens import TokensHandler
 
 MAX_ACTOR_LENGTH = 256
-
-
-# Dependencies are async: FastAPI runs sync ones in its thread pool, a thread hop per request.
-async def get_handler(request: Request) -> GatewayHandler:
-    return cast(GatewayHandler, request.app.state.handler)
-
-
-async def get_tokens(request: Request) -> TokensHandler:
-    return cast(TokensHandler, request.app.state.tokens)
 
 
 async def get_on_behalf_of(
@@ -64,8 +56,8 @@ async def get_on_behalf_of(
     return actor
 
 
-HandlerDep = Annotated[GatewayHandler, Depends(get_handler)]
-TokensDep = Annotated[TokensHandler, Depends(get_tokens)]
+HandlerDep = Annotated[GatewayHandler, Depends(from_state("handler"))]
+TokensDep = Annotated[TokensHandler, Depends(from_state("tokens"))]
 OnBehalfOf = Annotated[str | None, Depends(get_on_behalf_of)]
 ModelReader = Annotated[Principal, Depends(requires("models:read", model_param="name"))]
 ModelPromoter = Annotated[Principal, Depends(requires("models:promote", model_param="name"))]
@@ -77,14 +69,14 @@ ModelName = Annotated[
     str,
     Path(
         description="Registered model name in MLflow: no ':', '/' or control characters",
-        json_schema_extra={"maxLength": MAX_NAME_LENGTH, "pattern": MODEL_NAME_PATTERN},
+        json_schema_extra={"maxLength": MAX_MODEL_NAME_LENGTH, "pattern": MODEL_NAME_PATTERN},
     ),
 ]
 AliasName = Annotated[
     str,
     Path(
         description="Alias such as champion or challenger ('latest' names the newest version)",
-        json_schema_extra={"maxLength": 64, "pattern": READABLE_ALIAS_PATTERN},
+        json_schema_extra={"maxLength": MAX_ALIAS_LENGTH, "pattern": READABLE_ALIAS_PATTERN},
     ),
 ]
 SettableAlias = Annotated[
@@ -92,7 +84,7 @@ SettableAlias = Annotated[
     Path(
         description="Alias such as champion or challenger; not 'latest' nor v<N>, which MLflow "
         "reserves",
-        json_schema_extra={"maxLength": 64, "pattern": SETTABLE_ALIAS_PATTERN},
+        json_schema_extra={"maxLength": MAX_ALIAS_LENGTH, "pattern": SETTABLE_ALIAS_PATTERN},
     ),
 ]
 TokenName = Annotated[

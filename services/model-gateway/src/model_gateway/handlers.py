@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from mlops_common.errors import (
     Unprocessable,
     UpstreamError,
 )
+from mlops_common.names import alias_error, model_name_error
 from mlops_common.storage import S3Uri, S3UriError, is_not_found
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,21 +42,6 @@ from model_gateway.schemas import (
 from model_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-# MLflow reserves these: "latest" (any case) and version aliases such as v1 or V12.
-RESERVED_ALIAS_RE = re.compile(r"^(?:latest|v\d+)$", re.IGNORECASE)
-MAX_NAME_LENGTH = 256
-# Control characters (C0, DEL, C1) and lone surrogates: PostgreSQL refuses NUL, and none of them
-# belongs in a model name, an audit record or a log line.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-# The same rules as JSON-schema patterns for the OpenAPI document (ECMA regex, no flags).
-_NAME_CHAR = r"[^:/\x00-\x1f\x7f-\x9f]"
-MODEL_NAME_PATTERN = rf"^{_NAME_CHAR}*[^:/\s\x00-\x1f\x7f-\x9f]{_NAME_CHAR}*$"
-_RESERVED = r"[lL][aA][tT][eE][sS][tT]|[vV][0-9]+"
-READABLE_ALIAS_PATTERN = r"^(?![vV][0-9]+$)[A-Za-z][A-Za-z0-9_-]{0,63}$"
-SETTABLE_ALIAS_PATTERN = rf"^(?!(?:{_RESERVED})$)[A-Za-z][A-Za-z0-9_-]{{0,63}}$"
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -88,34 +73,15 @@ class LruCache(Generic[K, V]):
         while len(self._items) > self.max_size:
             self._items.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 def validate_model_name(name: str) -> None:
-    if not name.strip():
-        raise Unprocessable("model name must not be blank", field="name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise Unprocessable(f"model name is longer than {MAX_NAME_LENGTH} characters", field="name")
-    if ":" in name or "/" in name:
-        raise Unprocessable("model name must not contain ':' or '/'", field="name")
-    if _CONTROL.search(name):
-        raise Unprocessable("model name must not contain control characters", field="name")
+    if problem := model_name_error(name):
+        raise Unprocessable(problem, field="name")
 
 
 def validate_alias(alias: str, *, for_write: bool) -> None:
-    if not ALIAS_RE.fullmatch(alias):
-        raise Unprocessable(
-            f"invalid alias {alias!r}: it must start with a letter and contain only letters, "
-            "digits, '_' or '-' (at most 64 characters)",
-            field="alias",
-        )
-    # Reading "latest" is an MLflow feature (the newest version); only setting it is refused.
-    if RESERVED_ALIAS_RE.fullmatch(alias) and (for_write or alias.lower() != "latest"):
-        raise Unprocessable(
-            f"alias {alias!r} is reserved by MLflow ('latest' and v<N> name versions)",
-            field="alias",
-        )
+    if problem := alias_error(alias, for_write=for_write):
+        raise Unprocessable(problem, field="alias")
 
 
 class GatewayHandler:

@@ -111,19 +111,6 @@ class Health(BaseModel):
     database: CheckState
 
 
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-    details: dict[str, Any] | None = None
-
-
-class ErrorResponse(BaseModel):
-    """Shape of every error body (``mlops_common.errors``)."""
-
-    error: ErrorDetail
-
-
 class CreateTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

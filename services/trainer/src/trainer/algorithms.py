@@ -5,8 +5,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from mlops_common.errors import Unprocessable
+from mlops_common.promotion import Task
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import (
     GradientBoostingClassifier,
@@ -20,8 +22,6 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 
 from trainer import params as rules
 from trainer.params import Param
-
-Task = Literal["classification", "regression"]
 
 
 @dataclass(frozen=True)
@@ -87,21 +87,6 @@ DEFAULT_ALGORITHM: dict[Task, str] = {
 
 ALL_NAMES = sorted({name for by_task in ALGORITHMS.values() for name in by_task})
 
-# Metric name -> True when higher is better.
-METRICS: dict[Task, dict[str, bool]] = {
-    "classification": {
-        "accuracy": True,
-        "f1": True,
-        "precision": True,
-        "recall": True,
-        "roc_auc": True,
-        "log_loss": False,
-    },
-    "regression": {"rmse": False, "mae": False, "r2": True},
-}
-DEFAULT_METRIC: dict[Task, str] = {"classification": "f1", "regression": "rmse"}
-ALL_METRICS = sorted({m for by_task in METRICS.values() for m in by_task})
-
 
 def params_json_schema() -> dict[str, Any]:
     """The ``params`` object for the OpenAPI schema: every parameter some algorithm takes, with
@@ -118,3 +103,29 @@ def params_json_schema() -> dict[str, Any]:
         "properties": {name: p for name, p in sorted(properties.items()) if p["anyOf"]},
         "additionalProperties": False,
     }
+
+
+def resolve_algorithm(
+    task: Task, requested: str | None, params: dict[str, Any]
+) -> tuple[str, BaseEstimator]:
+    """The algorithm's name and its estimator built with ``params``; 422 naming what is wrong."""
+    name = requested or DEFAULT_ALGORITHM[task]
+    algorithm = ALGORITHMS[task].get(name)
+    if algorithm is None:
+        known = ", ".join(sorted(ALGORITHMS[task]))
+        raise Unprocessable(
+            f"algorithm {name!r} does not do {task}; use one of: {known}", field="algorithm"
+        )
+    unknown = sorted(set(params) - algorithm.allowed_params())
+    if unknown:
+        raise Unprocessable(
+            f"{name} has no parameter(s) {', '.join(unknown)}", field=f"params.{unknown[0]}"
+        )
+    for param, value in params.items():
+        problem = algorithm.param_error(param, value)
+        if problem is not None:
+            raise Unprocessable(f"{name}: {problem}", field=f"params.{param}")
+    try:
+        return name, algorithm.build(params)
+    except (TypeError, ValueError) as exc:
+        raise Unprocessable(f"invalid params for {name}: {exc}", field="params") from exc

@@ -11,12 +11,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from mlops_common.auth import Principal, requires
 from mlops_common.errors import PlatformError
+from mlops_common.names import MAX_NEW_MODEL_NAME_LENGTH, NEW_MODEL_NAME_PATTERN
+from mlops_common.service import from_state
 from sqlalchemy import text
 
 from trainer.handlers import JobsHandler
 from trainer.metrics import TrainerMetrics
 from trainer.queue import JobQueue
-from trainer.schemas import MAX_MODEL_NAME, MODEL_NAME, JobView, TrainRequest
+from trainer.schemas import JobView, TrainRequest
 
 
 class SubmissionRoute(APIRoute):
@@ -48,19 +50,8 @@ router = APIRouter()
 submissions = APIRouter(route_class=SubmissionRoute)
 
 
-# Dependencies are async: FastAPI runs sync ones in its thread pool, a thread hop per request.
-async def get_handler(request: Request) -> JobsHandler:
-    handler: JobsHandler = request.app.state.handler
-    return handler
-
-
-async def get_queue(request: Request) -> JobQueue:
-    queue: JobQueue = request.app.state.queue
-    return queue
-
-
-HandlerDep = Annotated[JobsHandler, Depends(get_handler)]
-QueueDep = Annotated[JobQueue, Depends(get_queue)]
+HandlerDep = Annotated[JobsHandler, Depends(from_state("handler"))]
+QueueDep = Annotated[JobQueue, Depends(from_state("queue"))]
 Trainer = Annotated[Principal, Depends(requires("train"))]
 JobReader = Annotated[Principal, Depends(requires("jobs:read"))]
 
@@ -78,7 +69,12 @@ _submit_errors: dict[int | str, dict[str, Any]] = {
 # Job ids are UUIDs; the pattern only keeps what cannot be one (NUL and the like) from the database.
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 ModelNameFilter = Annotated[
-    str | None, Query(max_length=MAX_MODEL_NAME, pattern=MODEL_NAME, description="exact name")
+    str | None,
+    Query(
+        max_length=MAX_NEW_MODEL_NAME_LENGTH,
+        pattern=NEW_MODEL_NAME_PATTERN,
+        description="exact name",
+    ),
 ]
 
 

@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
-from pathlib import Path
 
 from fastapi import FastAPI
 from mlops_common.auth import TokenStore, TokenVerifier, database_source
@@ -21,15 +20,12 @@ from sqlalchemy import Engine
 
 from trainer.api import router, submissions
 from trainer.handlers import JobsHandler
-from trainer.jobs import JobStore
+from trainer.jobs import MIGRATIONS, VERSION_TABLE, JobStore
 from trainer.metrics import TrainerMetrics
-from trainer.queue import CeleryQueue, JobQueue, make_celery
+from trainer.queue import CeleryQueue, JobQueue, make_celery, recover_jobs
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
-
-MIGRATIONS = Path(__file__).parent / "migrations"
-VERSION_TABLE = "alembic_version_trainer"
 
 
 async def _reap(store: JobStore, queue: JobQueue, settings: TrainerSettings) -> None:
@@ -37,13 +33,7 @@ async def _reap(store: JobStore, queue: JobQueue, settings: TrainerSettings) -> 
     while True:
         await asyncio.sleep(settings.stale_after_s / 3)
         try:
-            requeued, failed = await asyncio.to_thread(
-                store.recover_orphans, settings.stale_after_s, settings.max_attempts
-            )
-            for job_id in requeued:
-                await asyncio.to_thread(queue.enqueue, job_id)
-            if requeued or failed:
-                log.warning("stale jobs: requeued %s, failed %s", requeued, failed)
+            await asyncio.to_thread(recover_jobs, store, queue, settings)
         except Exception:
             log.exception("recovering stale jobs failed; will try again")
 
@@ -78,10 +68,7 @@ def create_app(
             retry_after_s=settings.queue_full_retry_after_s,
         )
         app.state.queue = jobs_queue
-        # A job recorded but never queued (API stopped in between) is sent again; a duplicate
-        # message is harmless because only one delivery can claim the job.
-        for job_id in await asyncio.to_thread(store.queued_ids):
-            await asyncio.to_thread(jobs_queue.enqueue, job_id)
+        await asyncio.to_thread(recover_jobs, store, jobs_queue, settings, resend_queued=True)
         reaper = asyncio.create_task(_reap(store, jobs_queue, settings))
         try:
             yield

@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import struct
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow.parquet as pq
+from mlops_common.datasets import (
+    BUILTIN_TARGET,
+    TABLE_SUFFIXES,
+    frame_digest,
+    is_parquet,
+    read_table,
+)
+from mlops_common.datasets import load_builtin as load_builtin_table
 from mlops_common.errors import Unprocessable
-from mlops_common.storage import ObjectStore, S3Uri, is_not_found
-from sklearn import datasets as skdatasets
-
-from trainer.algorithms import Task
-
-
-def _bunch(loader: Callable[..., object]) -> Callable[[], tuple[pd.DataFrame, pd.Series]]:
-    def load() -> tuple[pd.DataFrame, pd.Series]:
-        bunch = loader(as_frame=True)
-        frame: pd.DataFrame = bunch.frame  # type: ignore[attr-defined]
-        target = "target"
-        return frame.drop(columns=[target]), frame[target].rename(target)
-
-    return load
-
-
-BUILTIN_DATASETS: dict[str, Callable[[], tuple[pd.DataFrame, pd.Series]]] = {
-    "iris": _bunch(skdatasets.load_iris),
-    "wine": _bunch(skdatasets.load_wine),
-    "breast_cancer": _bunch(skdatasets.load_breast_cancer),
-    "digits": _bunch(skdatasets.load_digits),
-    "diabetes": _bunch(skdatasets.load_diabetes),
-}
-
+from mlops_common.storage import ObjectStore, ObjectTooLarge, S3Uri, is_not_found
 
 # Data sets are read from these buckets unless TRAINER_DATASET_BUCKETS says otherwise; the MLflow
 # artifact bucket and the like stay out of reach of a training request.
@@ -43,7 +27,6 @@ DEFAULT_DATASET_BUCKETS = ("data",)
 DEFAULT_MAX_DATASET_BYTES = 2 * 1024**3
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
 MAX_URI_LENGTH = len("s3://") + 63 + 1 + MAX_KEY_BYTES
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 _BUCKET_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _IPV4_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
@@ -115,15 +98,6 @@ def _too_big(uri: str, size: int, max_bytes: int) -> Unprocessable:
     )
 
 
-BUILTIN_TASKS: dict[str, Task] = {
-    "iris": "classification",
-    "wine": "classification",
-    "breast_cancer": "classification",
-    "digits": "classification",
-    "diabetes": "regression",
-}
-
-
 @dataclass(frozen=True)
 class LoadedDataset:
     features: pd.DataFrame
@@ -136,57 +110,39 @@ class LoadedDataset:
         return len(self.features)
 
 
-def frame_digest(frame: pd.DataFrame) -> str:
-    """Content digest of a table (values and column names), stable across file formats."""
-    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
-    return hashlib.sha256(",".join(map(str, frame.columns)).encode() + hashed).hexdigest()[:16]
-
-
 def load_builtin(name: str) -> LoadedDataset:
-    features, target = BUILTIN_DATASETS[name]()
-    whole = features.assign(**{str(target.name): target})
+    whole = load_builtin_table(name)
+    features, target = whole.drop(columns=[BUILTIN_TARGET]), whole[BUILTIN_TARGET]
     return LoadedDataset(features, target, f"sklearn:{name}", frame_digest(whole))
-
-
-def _is_parquet(uri: str) -> bool:
-    return uri.lower().endswith((".parquet", ".pq"))
 
 
 HEADER_CHUNK = 64 * 1024
 
 
-def _read_range(store: ObjectStore, uri: S3Uri, start: int, end: int) -> bytes:
-    response = store.client.get_object(Bucket=uri.bucket, Key=uri.key, Range=f"bytes={start}-{end}")
-    return response["Body"].read()
-
-
 def _parquet_columns(store: ObjectStore, uri: S3Uri, size: int) -> list[str]:
     # The schema is in the footer: its length sits in the 4 bytes before the closing magic.
-    tail = _read_range(store, uri, max(0, size - 8), size - 1)
+    tail = store.get_range(uri, max(0, size - 8), size - 1)
     if len(tail) != 8 or tail[4:] != b"PAR1":
         raise ValueError("no Parquet footer")
     footer_len = struct.unpack("<I", tail[:4])[0]
-    footer = _read_range(store, uri, max(0, size - footer_len - 8), size - 1)
+    footer = store.get_range(uri, max(0, size - footer_len - 8), size - 1)
     return list(pq.read_schema(io.BytesIO(b"PAR1" + footer)).names)
 
 
 def _csv_columns(store: ObjectStore, uri: S3Uri, size: int) -> list[str]:
     head = b""
     while b"\n" not in head and len(head) < size:
-        head += _read_range(store, uri, len(head), min(size, len(head) + HEADER_CHUNK) - 1)
+        head += store.get_range(uri, len(head), min(size, len(head) + HEADER_CHUNK) - 1)
     return list(pd.read_csv(io.BytesIO(head.split(b"\n", 1)[0]), nrows=0).columns)
 
 
 def object_size(store: ObjectStore, uri: str) -> int:
-    """The object's size from a HEAD request (ObjectStore has no size call; its client does)."""
-    location = S3Uri.parse(uri)
     try:
-        size = store.client.head_object(Bucket=location.bucket, Key=location.key)["ContentLength"]
+        return store.size(S3Uri.parse(uri))
     except Exception as exc:
         if is_not_found(exc):
             raise Unprocessable(f"no object at {uri}", field="dataset.uri") from exc
         raise
-    return int(size)
 
 
 def object_columns(
@@ -201,11 +157,11 @@ def object_columns(
     if size > max_bytes:
         raise _too_big(uri, size, max_bytes)
     try:
-        if _is_parquet(uri):
+        if is_parquet(uri):
             return _parquet_columns(store, location, size)
         return _csv_columns(store, location, size)
     except Exception as exc:
-        kind = "Parquet" if _is_parquet(uri) else "CSV"
+        kind = "Parquet" if is_parquet(uri) else "CSV"
         raise Unprocessable(
             f"{uri} is not a readable {kind} table: {exc}", field="dataset.uri"
         ) from exc
@@ -239,22 +195,14 @@ def load_uri(
         raise Unprocessable(f"{uri}: {exc}", field="dataset.uri") from exc
     check_dataset_bucket(uri, buckets)
     try:
-        # ObjectStore.get_bytes reads the whole body; its client lets the size be seen first.
-        response = store.client.get_object(Bucket=location.bucket, Key=location.key)
+        raw = store.get_bytes(location, max_bytes=max_bytes)
+    except ObjectTooLarge as exc:
+        raise _too_big(uri, exc.size, max_bytes) from exc
     except Exception as exc:
         if is_not_found(exc):
             raise Unprocessable(f"no object at {uri}", field="dataset.uri") from exc
         raise
-    body = response["Body"]
-    declared = response.get("ContentLength")
-    if isinstance(declared, int) and declared > max_bytes:
-        body.close()
-        raise _too_big(uri, declared, max_bytes)
-    raw = body.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        body.close()
-        raise _too_big(uri, len(raw), max_bytes)
-    frame = pd.read_parquet(io.BytesIO(raw)) if _is_parquet(uri) else pd.read_csv(io.BytesIO(raw))
+    frame = read_table(raw, uri)
     if target not in frame.columns:
         raise Unprocessable(f"target column {target!r} is not in {uri}", field="dataset.target")
     if len(frame) > max_rows:

@@ -7,6 +7,7 @@ from collections.abc import Collection
 from typing import cast
 
 from mlops_common.auth import Principal
+from mlops_common.datasets import BUILTIN_TASKS
 from mlops_common.errors import (
     Conflict,
     NotFound,
@@ -14,11 +15,11 @@ from mlops_common.errors import (
     TooManyRequests,
     Unprocessable,
 )
+from mlops_common.promotion import Task
 from mlops_common.storage import ObjectStore
 
-from trainer.algorithms import ALGORITHMS, Task
+from trainer.algorithms import ALGORITHMS, resolve_algorithm
 from trainer.datasets import (
-    BUILTIN_TASKS,
     DEFAULT_DATASET_BUCKETS,
     DEFAULT_MAX_DATASET_BYTES,
     check_dataset_bucket,
@@ -27,7 +28,6 @@ from trainer.datasets import (
 from trainer.jobs import IdempotencyConflict, Job, JobStore
 from trainer.queue import JobQueue
 from trainer.schemas import JobStatus, JobView, TrainRequest
-from trainer.training import resolve_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class JobsHandler:
         errors: list[Unprocessable] = []
         for task in tasks:
             try:
-                resolve_algorithm(request, task)
+                resolve_algorithm(task, request.algorithm, request.params)
                 break
             except Unprocessable as exc:
                 errors.append(exc)

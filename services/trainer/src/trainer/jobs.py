@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +22,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+# The API and the workers both migrate this schema at start (whichever comes first).
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_trainer"
 
 
 def utcnow() -> datetime:
@@ -125,9 +130,6 @@ class JobStore:
 
     def heartbeat(self, job_id: str) -> None:
         self._update(job_id, heartbeat_at=utcnow())
-
-    def record(self, job_id: str, **values: Any) -> None:
-        self._update(job_id, **values)
 
     def succeed(self, job_id: str, **values: Any) -> None:
         self._update(job_id, status="succeeded", finished_at=utcnow(), **values)

@@ -1,12 +1,17 @@
-"""How the API hands a job to the workers: a Celery message on Redis carrying only the job id."""
+"""How the API hands a job to the workers: a Celery message on Redis carrying only the job id;
+and how jobs whose message or worker was lost are sent again."""
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from celery import Celery
 
+from trainer.jobs import JobStore
 from trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "trainer.train_job"
 
@@ -53,3 +58,27 @@ class CeleryQueue:
         except Exception:
             return False
         return True
+
+
+def recover_jobs(
+    store: JobStore,
+    queue: JobQueue,
+    settings: TrainerSettings,
+    *,
+    dead_worker: str | None = None,
+    resend_queued: bool = False,
+) -> None:
+    """Running jobs whose worker is gone are requeued, or failed once out of attempts.
+
+    ``dead_worker`` names a worker known to be gone (one just restarted under that name) whatever
+    its heartbeat says. With ``resend_queued`` every queued job is sent again, not only the
+    requeued ones: at start-up, a job may have been recorded but never sent (the API stopped in
+    between). A duplicate message is harmless, since only one delivery can claim the job.
+    """
+    requeued, failed = store.recover_orphans(
+        settings.stale_after_s, settings.max_attempts, dead_worker=dead_worker
+    )
+    for job_id in store.queued_ids() if resend_queued else requeued:
+        queue.enqueue(job_id)
+    if requeued or failed:
+        log.warning("jobs whose worker was lost: requeued %s, failed %s", requeued, failed)

@@ -6,26 +6,20 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
+from mlops_common.datasets import BUILTIN_TASKS
+from mlops_common.names import (
+    MAX_ALIAS_LENGTH,
+    MAX_NEW_MODEL_NAME_LENGTH,
+    NEW_MODEL_NAME_PATTERN,
+    SETTABLE_ALIAS_PATTERN,
+    alias_error,
+)
+from mlops_common.promotion import ALL_METRICS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainer.algorithms import ALL_METRICS, ALL_NAMES, params_json_schema
-from trainer.datasets import (
-    BUILTIN_DATASETS,
-    MAX_URI_LENGTH,
-    URI_PATTERN,
-    check_dataset_uri,
-)
+from trainer.algorithms import ALL_NAMES, params_json_schema
+from trainer.datasets import MAX_URI_LENGTH, URI_PATTERN, check_dataset_uri
 
-# A subset of what the model gateway accepts as a model name (it also reads models registered
-# outside the trainer), so every model the trainer registers can be resolved and promoted.
-MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
-MAX_MODEL_NAME = 128
-# The gateway's rule for an alias it will set (model_gateway.handlers.validate_alias), copied
-# until it moves to mlops_common: a letter, then letters, digits, _ or -, and not one of the
-# names MLflow reserves ("latest" and v<N>, in any case).
-ALIAS = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"
-RESERVED_ALIAS = re.compile(r"^(?:latest|v\d+)$", re.IGNORECASE)
-SETTABLE_ALIAS = r"^(?!(?:[lL][aA][tT][eE][sS][tT]|[vV][0-9]+)$)[A-Za-z][A-Za-z0-9_\-]{0,63}$"
 # Printable text: PostgreSQL refuses NUL, and no other control character belongs in these fields.
 PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -62,8 +56,8 @@ class DatasetSpec(BaseModel):
     builtin: str | None = Field(
         default=None,
         max_length=64,
-        description=f"one of: {', '.join(sorted(BUILTIN_DATASETS))}",
-        json_schema_extra={"enum": [*sorted(BUILTIN_DATASETS), None]},
+        description=f"one of: {', '.join(sorted(BUILTIN_TASKS))}",
+        json_schema_extra={"enum": [*sorted(BUILTIN_TASKS), None]},
     )
     uri: str | None = Field(
         default=None,
@@ -83,8 +77,8 @@ class DatasetSpec(BaseModel):
     @field_validator("builtin")
     @classmethod
     def _known(cls, value: str | None) -> str | None:
-        if value is not None and value not in BUILTIN_DATASETS:
-            known = ", ".join(sorted(BUILTIN_DATASETS))
+        if value is not None and value not in BUILTIN_TASKS:
+            known = ", ".join(sorted(BUILTIN_TASKS))
             raise ValueError(f"unknown built-in data set {value!r}; known: {known}")
         return value
 
@@ -111,10 +105,9 @@ class Promotion(BaseModel):
 
     alias: str = Field(
         default="champion",
-        max_length=64,
-        pattern=ALIAS,
+        max_length=MAX_ALIAS_LENGTH,
         description="alias to move: not 'latest' nor v<N> (in any case), which MLflow reserves",
-        json_schema_extra={"pattern": SETTABLE_ALIAS},
+        json_schema_extra={"pattern": SETTABLE_ALIAS_PATTERN},
     )
     metric: str | None = Field(
         default=None,
@@ -126,11 +119,10 @@ class Promotion(BaseModel):
 
     @field_validator("alias")
     @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        if RESERVED_ALIAS.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is reserved by the MLflow registry ('latest' and v<N>, in any case)"
-            )
+    def _settable(cls, value: str) -> str:
+        # The gateway's own rule: a job never trains a version it could not then promote.
+        if problem := alias_error(value, for_write=True):
+            raise ValueError(problem)
         return value
 
     @field_validator("metric")
@@ -144,7 +136,7 @@ class Promotion(BaseModel):
 class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str = Field(max_length=MAX_MODEL_NAME, pattern=MODEL_NAME)
+    model_name: str = Field(max_length=MAX_NEW_MODEL_NAME_LENGTH, pattern=NEW_MODEL_NAME_PATTERN)
     dataset: DatasetSpec
     task: Literal["classification", "regression"] | None = None
     algorithm: str | None = Field(

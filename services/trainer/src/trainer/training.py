@@ -6,7 +6,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlops_common.errors import Unprocessable
+from mlops_common.promotion import DEFAULT_METRIC, METRICS, Task, decide
 from mlops_common.signing import (
     SIGNATURE_FILE,
     Manifest,
@@ -32,7 +33,7 @@ from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from sklearn.model_selection import train_test_split
 from skops import io as skops_io
 
-from trainer.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_METRIC, METRICS, Task
+from trainer.algorithms import resolve_algorithm
 from trainer.datasets import (
     DEFAULT_DATASET_BUCKETS,
     DEFAULT_MAX_DATASET_BYTES,
@@ -62,30 +63,6 @@ class TrainingResult:
     metrics: dict[str, float]
     promoted: bool | None = None
     promotion: dict[str, Any] | None = None
-    steps: list[str] = field(default_factory=list)
-
-
-def resolve_algorithm(request: TrainRequest, task: Task) -> tuple[str, Any]:
-    name = request.algorithm or DEFAULT_ALGORITHM[task]
-    algorithm = ALGORITHMS[task].get(name)
-    if algorithm is None:
-        known = ", ".join(sorted(ALGORITHMS[task]))
-        raise Unprocessable(
-            f"algorithm {name!r} does not do {task}; use one of: {known}", field="algorithm"
-        )
-    unknown = sorted(set(request.params) - algorithm.allowed_params())
-    if unknown:
-        raise Unprocessable(
-            f"{name} has no parameter(s) {', '.join(unknown)}", field=f"params.{unknown[0]}"
-        )
-    for param, value in request.params.items():
-        problem = algorithm.param_error(param, value)
-        if problem is not None:
-            raise Unprocessable(f"{name}: {problem}", field=f"params.{param}")
-    try:
-        return name, algorithm.build(request.params)
-    except (TypeError, ValueError) as exc:
-        raise Unprocessable(f"invalid params for {name}: {exc}", field="params") from exc
 
 
 class Trainer:
@@ -93,6 +70,7 @@ class Trainer:
         self,
         store: ObjectStore,
         gateway: httpx.Client,
+        mlflow_client: MlflowClient,
         experiment: str,
         max_rows: int,
         *,
@@ -104,11 +82,11 @@ class Trainer:
         self.signer = ManifestSigner(signing_key)
         self.verifier = ManifestVerifier([public_key_of(signing_key)])
         self.gateway = gateway
+        self.client = mlflow_client
         self.experiment = experiment
         self.max_rows = max_rows
         self.dataset_buckets = frozenset(dataset_buckets)
         self.max_dataset_bytes = max_dataset_bytes
-        self.client = MlflowClient()
 
     def load(self, request: TrainRequest) -> LoadedDataset:
         spec = request.dataset
@@ -138,7 +116,7 @@ class Trainer:
         task: Task = request.task or infer_task(data.target)
         step(f"task: {task}" + ("" if request.task else " (inferred from the target)"))
         try:
-            algorithm_name, estimator = resolve_algorithm(request, task)
+            algorithm_name, estimator = resolve_algorithm(task, request.algorithm, request.params)
         except Unprocessable as exc:
             raise JobFailed(exc.message) from exc
         features = normalise_categoricals(data.features)
@@ -258,7 +236,6 @@ class Trainer:
                 "metric": metric,
                 "reason": f"metric {metric!r} does not apply to {task}",
             }
-        higher_is_better = METRICS[task][metric]
         mine = metrics.get(metric)
         decision: dict[str, Any] = {
             "alias": spec.alias,
@@ -267,44 +244,33 @@ class Trainer:
             "candidate_version": version,
             "candidate_value": mine,
         }
-        if mine is None:
-            return False, {**decision, "reason": f"this run has no {metric} to compare"}
-        current = self.gateway.get(f"/v1/models/{model_name}/aliases/{spec.alias}")
-        if current.status_code == 404:
-            holder = None
-        else:
-            current.raise_for_status()
-            holder = current.json()
+        holder: dict[str, Any] | None = None
+        theirs: float | None = None
+        if mine is not None:
+            current = self.gateway.get(f"/v1/models/{model_name}/aliases/{spec.alias}")
+            if current.status_code != 404:
+                current.raise_for_status()
+                holder = current.json()
         if holder is not None:
             theirs = self.client.get_run(holder["run_id"]).data.metrics.get(metric)
             decision.update(current_version=holder["version"], current_value=theirs)
-            if theirs is None:
-                return False, {
-                    **decision,
-                    "reason": f"{spec.alias} v{holder['version']} has no {metric}",
-                }
-            gain = (mine - theirs) if higher_is_better else (theirs - mine)
-            if gain <= 0 or gain < spec.min_improvement:
-                return False, {
-                    **decision,
-                    "reason": (
-                        f"not promoted: {metric} {mine:.4f} vs {spec.alias} v{holder['version']} "
-                        f"{theirs:.4f} (needs to beat it by more than 0 and by at least {spec.min_improvement})"
-                    ),
-                }
-            reason = (
-                f"promoted: {metric} {mine:.4f} beats {spec.alias} v{holder['version']} "
-                f"{theirs:.4f} by {gain:.4f} (≥ {spec.min_improvement})"
-            )
-        else:
-            reason = f"promoted: no model held {spec.alias}"
+        verdict = decide(
+            metric,
+            mine,
+            theirs,
+            spec.min_improvement,
+            alias=spec.alias,
+            current_version=holder["version"] if holder else None,
+        )
+        if not verdict.promote:
+            return False, {**decision, "reason": verdict.reason}
         moved = self.gateway.put(
             f"/v1/models/{model_name}/aliases/{spec.alias}",
-            json={"version": version, "reason": reason},
+            json={"version": version, "reason": verdict.reason},
             headers={"X-Actor": f"trainer:job/{job_id}"},
         )
         moved.raise_for_status()
-        return True, {**decision, "reason": reason}
+        return True, {**decision, "reason": verdict.reason}
 
 
 def trusted_types(model: Any) -> list[str]:

@@ -14,13 +14,14 @@ from typing import Any
 
 import mlflow
 from celery import Celery, signals
+from mlflow.tracking import MlflowClient
 from mlops_common.db import make_engine, migrate
 from mlops_common.http import make_sync_client
 from mlops_common.logging import configure_logging
 from mlops_common.storage import ObjectStore
 
-from trainer.jobs import JobStore
-from trainer.queue import TASK_NAME, CeleryQueue, make_celery
+from trainer.jobs import MIGRATIONS, VERSION_TABLE, JobStore
+from trainer.queue import TASK_NAME, CeleryQueue, make_celery, recover_jobs
 from trainer.schemas import TrainRequest
 from trainer.settings import TrainerSettings
 from trainer.training import JobFailed, Trainer
@@ -40,7 +41,7 @@ celery_app: Celery = make_celery(settings)
 @cache
 def _runtime() -> tuple[JobStore, Trainer]:
     url = settings.db.url.get_secret_value()
-    migrate_db(url)
+    migrate(url, MIGRATIONS, VERSION_TABLE)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     token = settings.gateway_token
     gateway = make_sync_client(
@@ -52,6 +53,7 @@ def _runtime() -> tuple[JobStore, Trainer]:
     trainer = Trainer(
         ObjectStore.from_settings(settings.s3),
         gateway,
+        MlflowClient(settings.mlflow.tracking_uri),
         settings.experiment_name,
         settings.max_dataset_rows,
         dataset_buckets=settings.dataset_buckets,
@@ -59,12 +61,6 @@ def _runtime() -> tuple[JobStore, Trainer]:
         signing_key=settings.signing_key.get_secret_value(),
     )
     return JobStore(make_engine(url, settings.db.pool_size)), trainer
-
-
-def migrate_db(url: str) -> None:
-    from trainer.app import MIGRATIONS, VERSION_TABLE
-
-    migrate(url, MIGRATIONS, VERSION_TABLE)
 
 
 def _worker_name() -> str:
@@ -80,14 +76,13 @@ def _logging(**_: Any) -> None:
 def _recover(**_: Any) -> None:
     """A job the previous incarnation of this worker was running is retried or failed, never stuck."""
     store, _trainer = _runtime()
-    requeued, failed = store.recover_orphans(
-        settings.stale_after_s, settings.max_attempts, dead_worker=_worker_name()
+    recover_jobs(
+        store,
+        CeleryQueue(celery_app),
+        settings,
+        dead_worker=_worker_name(),
+        resend_queued=True,
     )
-    queue = CeleryQueue(celery_app)
-    for job_id in requeued + store.queued_ids():
-        queue.enqueue(job_id)
-    if requeued or failed:
-        log.warning("recovered jobs after a restart: requeued %s, failed %s", requeued, failed)
 
 
 @celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)

@@ -145,9 +145,15 @@ def mlflow_env(stack: StackUrls) -> Iterator[None]:
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
     )
+    import mlflow
+
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: stack.env[k] for k in keys})
+    # Also the process-wide URI, which wins over the variable: anything that set one earlier in
+    # this process (a unit test's own tracking store) must not redirect these calls.
+    mlflow.set_tracking_uri(stack.env["MLFLOW_TRACKING_URI"])
     yield
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

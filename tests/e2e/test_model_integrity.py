@@ -79,6 +79,9 @@ class Load:
                     self.answers.append((0, None))  # counted: the assertion names it
                     continue
                 self.answers.append((response.status_code, version))
+                # Steady load rather than a flood: this thread shares the test's interpreter,
+                # and the attacker's MLflow calls in the main thread need their turn too.
+                self._stop.wait(0.005)
 
     def stop(self) -> None:
         self._stop.set()

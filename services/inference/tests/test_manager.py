@@ -243,20 +243,26 @@ class _StubModel:
 
     def __init__(self, local_dir: Path, meta: ModelVersion) -> None:
         self.meta = meta
-        self.ready = False
         self.loaded_at: datetime | None = None
         self.input_schema = InputSchema((InputColumn("x", "double", True),))
         self.signature: dict[str, Any] | None = None
         self.input_example: list[Any] | None = [{"x": 1.0}]
         self.threads: list[int] = []
-        self.fast = None
+        self.proba_classes: list[Any] | None = None
+        self.compiled = False
         self.call_cost_s = 0.0
 
-    def as_prediction(self, predictions: Any, probabilities: Any) -> Prediction:
-        raise AssertionError("the stub has no compiled path")
+    # No compiled path: every request goes through predict.
+    def decode_json(self, raw: bytes) -> None:
+        return None
+
+    def decode_rows(self, instances: Any) -> None:
+        return None
+
+    def decode_columns(self, columns: Any, rows: int) -> None:
+        return None
 
     def load(self) -> None:
-        self.ready = True
         self.loaded_at = datetime.now(UTC)
 
     def predict(self, frame: Any) -> Prediction:

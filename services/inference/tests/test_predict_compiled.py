@@ -25,7 +25,7 @@ async def test_rows_with_gaps_and_new_categories_match_the_pipeline(
     gateway.set_alias("mixed", 1)
     async with service("mixed") as svc:
         assert await svc.manager.poll_once()
-        assert svc.manager.current is not None and svc.manager.current.fast is not None
+        assert svc.manager.current is not None and svc.manager.current.compiled
         response = await svc.post_json("/predict", {"instances": rows})
         as_lists = await svc.post_json(
             "/predict", {"instances": [list(row.values()) for row in rows]}

@@ -159,7 +159,7 @@ def test_a_trainer_model_loads_and_predicts_identically(tmp_path: Path, name: st
     if hasattr(model, "predict_proba"):
         np.testing.assert_array_equal(prediction.probabilities, model.predict_proba(frame))
     if name == "logistic_regression":
-        assert served.fast is not None  # the compiled path still takes it
+        assert served.compiled  # the compiled path still takes it
 
 
 # ---- the attacks ---------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.http as triton
-from inference.v2 import build_rows
-from inference.v2_schema import RequestInput
-from inference.validation import InputColumn, InputSchema
+from inference.v2.codec import decode_inputs
+from inference.v2.schema import RequestInput
+from inference.validation import InputColumn, InputSchema, build_frame_from_columns
 
 pytestmark = pytest.mark.anyio
 
@@ -655,7 +655,7 @@ async def test_curl_form_content_type_is_read_as_json(service: Any, gateway: Any
     assert response.status_code == 200, response.text
 
 
-# ---- tensors -> rows, without a model -----------------------------------------------------------
+# ---- tensors -> columns, without a model -----------------------------------------------------------
 SCHEMA = InputSchema(
     (
         InputColumn("a", "double"),
@@ -669,28 +669,39 @@ def _tensor(name: str, shape: list[int], datatype: str, data: list[Any], **kw: A
     return RequestInput(name=name, shape=shape, datatype=datatype, data=data, **kw)
 
 
-def test_columns_become_rows_in_signature_order_with_absent_optionals_null() -> None:
-    rows = build_rows(
+def test_columns_come_in_signature_order_with_absent_optionals_null() -> None:
+    columns, rows = decode_inputs(
         [_tensor("c", [2, 1], "INT64", [[1], [2]]), _tensor("a", [2], "FP32", [0.5, None])],
         SCHEMA,
     )
-    assert rows == [[0.5, None, 1], [None, None, 2]]
+    assert rows == 2
+    assert columns == {"a": [0.5, None], "b": [None, None], "c": [1, 2]}
+    assert list(columns) == ["a", "b", "c"]
+    frame = build_frame_from_columns(columns, rows, SCHEMA)
+    assert list(frame.columns) == ["a", "b", "c"]
+    assert frame["a"].tolist()[0] == 0.5 and np.isnan(frame["a"].tolist()[1])
+    assert frame["b"].isna().all()
+    assert frame["c"].tolist() == [1, 2]
 
 
-def test_table_becomes_rows_and_bytes_numbers_are_parsed() -> None:
-    rows = build_rows([_tensor("x", [2, 3], "BYTES", ["1.5", "u", "7", "nan", None, "8"])], SCHEMA)
-    assert rows[0] == [1.5, "u", 7]
-    assert np.isnan(rows[1][0])
-    assert rows[1][1:] == [None, 8]
+def test_table_becomes_columns_and_bytes_numbers_are_parsed() -> None:
+    columns, rows = decode_inputs(
+        [_tensor("x", [2, 3], "BYTES", ["1.5", "u", "7", "nan", None, "8"])], SCHEMA
+    )
+    assert rows == 2
+    assert columns["a"][0] == 1.5
+    assert np.isnan(columns["a"][1])
+    assert columns["b"] == ["u", None]
+    assert columns["c"] == [7, 8]
 
 
 def test_binary_columns_get_base64_as_predict_takes_them() -> None:
     schema = InputSchema((InputColumn("blob", "binary"),))
-    plain = build_rows([_tensor("blob", [1], "BYTES", ["hi"])], schema)
-    encoded = build_rows(
+    plain = decode_inputs([_tensor("blob", [1], "BYTES", ["hi"])], schema)
+    encoded = decode_inputs(
         [_tensor("blob", [1], "BYTES", ["aGk="], parameters={"content_type": "base64"})], schema
     )
-    assert plain == encoded == [["aGk="]]
+    assert plain == encoded == ({"blob": ["aGk="]}, 1)
 
 
 @pytest.mark.parametrize(
@@ -793,7 +804,7 @@ async def test_the_openapi_documents_v2_errors_as_the_one_string_they_are(
     service: Any, gateway: Any
 ) -> None:
     """Schemathesis found V2 errors documented as /predict's object: they are a string."""
-    from inference.v2_schema import V2Error
+    from inference.v2.schema import V2Error
 
     gateway.set_alias("churn", 1)
     async with service() as svc:

@@ -1,4 +1,4 @@
-"""Routes. Thin on purpose: the work is in ``PredictionHandler``."""
+"""Routes of the service's own API. Thin on purpose: the work is in ``PredictionHandler``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from mlops_common.errors import ErrorResponse
 
 from inference.body_limit import read_body
 from inference.deps import HandlerDep, ServingDep
 from inference.schema import (
-    ErrorResponse,
     HealthResponse,
     ModelInfo,
     PredictRequest,
@@ -72,9 +72,11 @@ async def predict(request: Request, handler: ServingDep) -> Response:
     responses={503: {"model": HealthResponse, "description": "No model loaded yet"}},
 )
 async def health(handler: HandlerDep) -> JSONResponse:
-    status_code, body = handler.health()
-    headers = {"Retry-After": "1"} if status_code == 503 else None
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+    health = handler.health()
+    body = health.model_dump(mode="json")
+    if health.status != "ok":
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(body)
 
 
 @router.get(

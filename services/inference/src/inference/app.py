@@ -23,11 +23,11 @@ from inference.batching import Batcher
 from inference.deps import ModelGuard
 from inference.events import follow_alias_moves
 from inference.gateway import GatewayClient
-from inference.handler import PredictionHandler
+from inference.handlers import PredictionHandler
 from inference.manager import ModelManager
-from inference.metrics import install_inference_metrics
+from inference.metrics import InferenceMetrics
 from inference.settings import InferenceSettings
-from inference.v2 import router as v2_router
+from inference.v2.routes import router as v2_router
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,11 @@ def create_app(
     gateway_transport: httpx.AsyncBaseTransport | None = None,
     store: ArtifactSource | None = None,
     manager: ModelManager | None = None,
+    metrics: InferenceMetrics | None = None,
 ) -> FastAPI:
-    """Build the app. An injected ``manager`` is driven by its owner (no background polling)."""
+    """Build the app. An injected ``manager`` is driven by its owner (no background polling),
+    who passes it the same ``metrics`` (their ``model_event``) to have its events counted."""
+    metrics = InferenceMetrics() if metrics is None else metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +88,7 @@ def create_app(
                     settings,
                     gateway,
                     store if store is not None else ObjectStore.from_settings(settings.s3),
+                    on_event=metrics.model_event,
                 )
                 # The first load runs in the background too: the app answers (503) at once.
                 await active.start()
@@ -105,10 +109,11 @@ def create_app(
                 max_size=settings.batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000,
                 max_queued=settings.max_queued_requests,
+                on_batch=metrics.batch_scored,
             )
             batcher.start()
             stack.push_async_callback(batcher.stop)
-            app.state.handler = handler = PredictionHandler(
+            app.state.handler = PredictionHandler(
                 active,
                 max_batch_rows=settings.max_batch_rows,
                 batcher=batcher,
@@ -116,8 +121,9 @@ def create_app(
                 batch_threshold_s=settings.batch_auto_threshold_ms / 1000,
                 max_queued_requests=settings.max_queued_requests,
                 max_body_bytes=settings.max_body_bytes,
+                on_overload=metrics.overloaded,
             )
-            install_inference_metrics(registry, active, handler, batcher)
+            metrics.watch(active)
             log.info(
                 "inference serving %s@%s (gateway %s)",
                 settings.model_name,
@@ -134,7 +140,7 @@ def create_app(
     )
     # Open Inference Protocol clients (tritonclient among them) read errors as one string.
     install_error_handlers(app, string_error_prefixes=("/v2/", "/v2"))
-    registry = install_metrics(app, "inference")
+    install_metrics(app, "inference", metrics.registry)
     app.include_router(router)
     app.include_router(v2_router)
     return app

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from inference.fastpath import CompiledPipeline
+from inference.model import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +29,27 @@ class QueueFull(Exception):
 
 @dataclass
 class _Item:
-    model: CompiledPipeline
+    model: ServedModel
     x: np.ndarray
     future: asyncio.Future[tuple[np.ndarray, np.ndarray | None]]
 
 
 class Batcher:
-    def __init__(self, max_size: int, max_wait_s: float, max_queued: int) -> None:
+    def __init__(
+        self,
+        max_size: int,
+        max_wait_s: float,
+        max_queued: int,
+        on_batch: Callable[[int, int], None] = lambda _requests, _rows: None,
+    ) -> None:
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.max_queued = max_queued
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._carry: _Item | None = None
         self._task: asyncio.Task[None] | None = None
-        # Sizes of the batches scored, for /metrics: how well batching works under this load.
-        self.on_batch: Any = None
+        # Told the requests and rows of each batch scored, for /metrics.
+        self._on_batch = on_batch
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batcher")
@@ -59,7 +65,7 @@ class Batcher:
         return self._queue.qsize() + (1 if self._carry is not None else 0)
 
     async def submit(
-        self, model: CompiledPipeline, x: np.ndarray
+        self, model: ServedModel, x: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         if self.queued >= self.max_queued:
             raise QueueFull(f"{self.queued} requests are already waiting for the model")
@@ -105,7 +111,7 @@ class Batcher:
                 rows += item.x.shape[0]
             await self._score(first.model, batch)
 
-    async def _score(self, model: CompiledPipeline, batch: list[_Item]) -> None:
+    async def _score(self, model: ServedModel, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.cancelled()]
         if not live:
             return
@@ -117,8 +123,7 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        if self.on_batch is not None:
-            self.on_batch(len(live), x.shape[0])
+        self._on_batch(len(live), x.shape[0])
         start = 0
         for item in live:
             end = start + item.x.shape[0]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import Depends, Request
 from mlops_common.auth import Principal, TokenVerifier
+from mlops_common.service import from_state
 
-from inference.handler import PredictionHandler
+from inference.handlers import PredictionHandler
 
 
 class ModelGuard:
@@ -30,16 +31,17 @@ async def authorize(request: Request) -> None:
         await guard.check(request.headers.get("authorization"))
 
 
-# Dependencies are async on purpose: FastAPI runs a sync dependency in its thread pool, a thread
-# hop per call. The check and the handler are one dependency: each one costs microseconds here.
-async def get_handler(request: Request) -> PredictionHandler:
-    return cast(PredictionHandler, request.app.state.handler)
+_handler = from_state("handler")
 
 
+# Async on purpose, as from_state's dependency: FastAPI runs a sync dependency in its thread
+# pool, a thread hop per call. The check and the handler are one dependency: each costs
+# microseconds here.
 async def get_authorized_handler(request: Request) -> PredictionHandler:
     await authorize(request)
-    return cast(PredictionHandler, request.app.state.handler)
+    handler: PredictionHandler = request.app.state.handler
+    return handler
 
 
-HandlerDep = Annotated[PredictionHandler, Depends(get_handler)]
+HandlerDep = Annotated[PredictionHandler, Depends(_handler)]
 ServingDep = Annotated[PredictionHandler, Depends(get_authorized_handler)]

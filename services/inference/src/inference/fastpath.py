@@ -14,7 +14,7 @@ transformed matrix, which skips the per-call pandas and ColumnTransformer overhe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -198,6 +198,27 @@ class CompiledPipeline:
         except (OverflowError, ValueError):
             return None
         return Decoded(matrix, columns) if self._usable(matrix) else None
+
+    def decode_columns(self, columns: Mapping[str, list[Any]], rows: int) -> Decoded | None:
+        """Named columns (V2 tensors) to arrays when every value is plainly valid, else None (the
+        full validator then judges them): the same rules as ``decode``, without building rows."""
+        if len(columns) != self.n_columns:
+            return None
+        try:
+            numbers = [columns[name] for name in self.numeric_names]
+            strings = [columns[name] for name in self.string_names]
+        except KeyError:
+            return None
+        if not all(set(map(type, column)) <= _NUMBER_TYPES for column in numbers):
+            return None
+        if not all(set(map(type, column)) <= _STRING_TYPES for column in strings):
+            return None
+        try:
+            # One row per column, then transposed: a view, no copy.
+            matrix = np.array(numbers, dtype=np.float64).reshape(len(numbers), rows).T
+        except (OverflowError, ValueError):
+            return None
+        return Decoded(matrix, strings) if self._usable(matrix) else None
 
     def transform(self, decoded: Decoded) -> np.ndarray:
         out = np.empty((decoded.rows, self.width), dtype=np.float64)

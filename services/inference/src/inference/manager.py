@@ -62,6 +62,7 @@ class ModelManager:
         retry_base_s: float = 30.0,
         retry_max_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str], None] = lambda _event: None,
     ) -> None:
         self.model_name = model_name
         self.alias = alias
@@ -74,6 +75,9 @@ class ModelManager:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._clock = clock
+        # Told "swapped", "rejected" (artifacts refused by safe_load or the download) or
+        # "load_failed" (any other failure), for /metrics.
+        self._on_event = on_event
 
         self._current: ServedModel | None = None
         self._pending_version: int | None = None
@@ -83,14 +87,16 @@ class ModelManager:
         self._failures: dict[tuple[int, str], _Failure] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        # Told "swapped", "rejected" (artifacts refused by safe_load or the download) or
-        # "load_failed" (any other failure), for /metrics; a no-op unless the app sets it.
-        self.on_event: Callable[[str], None] = lambda _event: None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
-        cls, settings: InferenceSettings, gateway: GatewayClient, store: ArtifactSource
+        cls,
+        settings: InferenceSettings,
+        gateway: GatewayClient,
+        store: ArtifactSource,
+        *,
+        on_event: Callable[[str], None],
     ) -> ModelManager:
         return cls(
             model_name=settings.model_name,
@@ -101,6 +107,7 @@ class ModelManager:
             verifier=settings.manifest_verifier(),
             poll_interval_s=settings.poll_interval_s,
             loader=functools.partial(load_served_model, fast_path=settings.fast_path),
+            on_event=on_event,
         )
 
     # ---- state, read by request handlers -------------------------------------------------------
@@ -215,11 +222,11 @@ class ModelManager:
             model = await asyncio.to_thread(self._prepare, target)
         except Exception as exc:
             self._record_failure(target, exc)
-            self.on_event("rejected" if isinstance(exc, ModelRejected) else "load_failed")
+            self._on_event("rejected" if isinstance(exc, ModelRejected) else "load_failed")
             return False
         previous = self._current
         self._current = model  # the swap: one reference assignment
-        self.on_event("swapped")
+        self._on_event("swapped")
         _settle_heap()
         self._pending_version = None
         self._load_error = None

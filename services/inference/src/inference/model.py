@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +60,14 @@ class Prediction:
 
 
 class ServedModel(Protocol):
+    """A loaded model version: what it is, and how to score rows with it.
+
+    ``predict`` scores a validated DataFrame (any model). A model with a compiled numpy form
+    also takes plainly valid input straight to arrays: ``decode_*`` then ``transform`` and
+    ``predict_matrix``. The ``decode_*`` methods return None when they cannot (no compiled form,
+    or input only the full validator can judge), and ``predict`` serves the request.
+    """
+
     @property
     def meta(self) -> ModelVersion: ...
 
@@ -66,10 +75,9 @@ class ServedModel(Protocol):
     def flavor(self) -> str: ...
 
     @property
-    def ready(self) -> bool: ...
-
-    @property
-    def loaded_at(self) -> datetime | None: ...
+    def loaded_at(self) -> datetime:
+        """When ``load`` finished: only loaded models are served."""
+        ...
 
     @property
     def input_schema(self) -> InputSchema | None:
@@ -86,16 +94,49 @@ class ServedModel(Protocol):
         """The saved input example as request rows (objects or lists), for the load check."""
         ...
 
-    # The compiled form of the model (None: served through scikit-learn) and what a one-row call
-    # of it costs; the handler picks inline scoring or batching from these.
-    fast: CompiledPipeline | None
-    call_cost_s: float
+    @property
+    def proba_classes(self) -> list[Any] | None:
+        """Labels of ``predict_proba``'s columns; None unless a classifier that has it."""
+        ...
+
+    @property
+    def compiled(self) -> bool:
+        """Whether plainly valid input is scored on the compiled numpy path."""
+        ...
+
+    @property
+    def call_cost_s(self) -> float:
+        """Seconds a one-row ``predict_matrix`` call takes (measured at load; 0 if not compiled):
+        what decides between scoring inline, in a thread, or batched."""
+        ...
 
     def load(self) -> None: ...
 
     def predict(self, frame: pd.DataFrame) -> Prediction: ...
 
-    def as_prediction(self, predictions: Any, probabilities: Any) -> Prediction: ...
+    def decode_json(self, raw: bytes) -> Decoded | None:
+        """A ``{"instances": [{column: value}, ...]}`` body straight to arrays, or None."""
+        ...
+
+    def decode_rows(self, instances: Sequence[Any]) -> Decoded | None:
+        """Rows (objects or lists in signature order) to arrays, or None."""
+        ...
+
+    def decode_columns(self, columns: Mapping[str, list[Any]], rows: int) -> Decoded | None:
+        """Named columns of ``rows`` values each to arrays, or None."""
+        ...
+
+    def transform(self, decoded: Decoded) -> np.ndarray:
+        """Decoded input to the matrix ``predict_matrix`` takes (the pipeline's preprocessing)."""
+        ...
+
+    def predict_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and (classifiers) probabilities of transformed rows."""
+        ...
+
+    def as_prediction(self, predictions: Any, probabilities: Any) -> Prediction:
+        """A ``predict_matrix`` result in the form ``predict`` gives."""
+        ...
 
 
 class SklearnModel:
@@ -108,9 +149,8 @@ class SklearnModel:
         self._meta = meta
         self._want_fast = fast_path
         # The compiled numpy form of the pipeline, when it reproduces scikit-learn's answers.
-        self.fast: CompiledPipeline | None = None
-        # Seconds one single-row model call takes (the compiled path's estimator), measured.
-        self.call_cost_s = 0.0
+        self._compiled: CompiledPipeline | None = None
+        self._call_cost_s = 0.0
         self._estimator: Any = None
         self._input_schema: InputSchema | None = None
         self._signature: dict[str, Any] | None = None
@@ -122,11 +162,9 @@ class SklearnModel:
         return self._meta
 
     @property
-    def ready(self) -> bool:
-        return self._estimator is not None
-
-    @property
-    def loaded_at(self) -> datetime | None:
+    def loaded_at(self) -> datetime:
+        if self._loaded_at is None:
+            raise RuntimeError("model not loaded")
         return self._loaded_at
 
     @property
@@ -140,6 +178,28 @@ class SklearnModel:
     @property
     def input_example(self) -> list[Any] | None:
         return self._input_example
+
+    @property
+    def proba_classes(self) -> list[Any] | None:
+        from sklearn.base import is_classifier
+
+        estimator = self._estimator
+        # hasattr honours Pipeline's available_if: False when the last step has no predict_proba.
+        if not is_classifier(estimator) or not hasattr(estimator, "predict_proba"):
+            return None
+        classes = getattr(estimator, "classes_", None)
+        if not isinstance(classes, np.ndarray) or classes.ndim != 1:
+            return None  # multi-output classifiers have one label array per output
+        labels: list[Any] = classes.tolist()
+        return labels
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    @property
+    def call_cost_s(self) -> float:
+        return self._call_cost_s
 
     def load(self) -> None:
         import sklearn
@@ -175,20 +235,40 @@ class SklearnModel:
         self._input_example = _read_input_example(checked.input_example)
         self._estimator = estimator
         if self._want_fast:
-            self.fast, self.call_cost_s = _compile_checked(
+            self._compiled, self._call_cost_s = _compile_checked(
                 estimator, self._input_schema, self._input_example, self._meta
             )
         self._loaded_at = datetime.now(UTC)
 
+    def decode_json(self, raw: bytes) -> Decoded | None:
+        return self._compiled.decode_json(raw) if self._compiled is not None else None
+
+    def decode_rows(self, instances: Sequence[Any]) -> Decoded | None:
+        return self._compiled.decode(instances) if self._compiled is not None else None
+
+    def decode_columns(self, columns: Mapping[str, list[Any]], rows: int) -> Decoded | None:
+        compiled = self._compiled
+        return compiled.decode_columns(columns, rows) if compiled is not None else None
+
+    def transform(self, decoded: Decoded) -> np.ndarray:
+        return self._require_compiled().transform(decoded)
+
+    def predict_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._require_compiled().predict_matrix(x)
+
     def as_prediction(self, predictions: Any, probabilities: Any) -> Prediction:
-        """A compiled-path result in the same form as ``predict`` gives."""
-        fast = self.fast
-        classes = _plain(fast.classes) if fast is not None and fast.classes is not None else None
+        classes = self._require_compiled().classes
         return Prediction(
             predictions=_plain(predictions),
             probabilities=_plain(probabilities) if probabilities is not None else None,
-            classes=classes,
+            classes=_plain(classes) if classes is not None else None,
         )
+
+    def _require_compiled(self) -> CompiledPipeline:
+        # Only reached with a Decoded from this model, which only a compiled model returns.
+        if self._compiled is None:
+            raise RuntimeError("no compiled path: decode_* returned None")
+        return self._compiled
 
     def predict(self, frame: pd.DataFrame) -> Prediction:
         from sklearn.base import is_classifier

@@ -77,14 +77,3 @@ class ModelInfo(BaseModel):
         default=None, description="Digest of the signed manifest the served files matched"
     )
     signed_by: str | None = Field(default=None, description="Id of the key that signed it")
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-    details: dict[str, Any] | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

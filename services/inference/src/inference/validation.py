@@ -104,11 +104,39 @@ def build_frame(instances: Sequence[Any], schema: InputSchema | None) -> pd.Data
     else:
         columns = _columns_from_lists(instances, schema, problems)
     problems.raise_if_any()
+    return _convert(columns, schema, len(instances), problems)
+
+
+def build_frame_from_columns(
+    columns: dict[str, list[Any]], rows: int, schema: InputSchema | None
+) -> pd.DataFrame:
+    """``build_frame`` for named columns of ``rows`` values each (V2 tensors), with the same
+    checks and messages: a problem is named by row (``instances[3].age``), as ``/predict`` does.
+
+    Column names not in the schema are the caller's to refuse (it knows the tensor's place).
+    """
+    if schema is None:
+        return pd.DataFrame(columns, index=pd.RangeIndex(rows))
+    problems = _Problems()
+    missing = [c.name for c in schema.columns if c.required and c.name not in columns]
+    if missing:
+        for i in range(min(rows, MAX_REPORTED_PROBLEMS)):
+            problems.add(f"instances[{i}]", f"missing features: {', '.join(missing)}")
+        problems.raise_if_any()
+    # An absent optional feature is a null, as in /predict.
+    nulls = [None] * rows
+    full = {c.name: columns.get(c.name, nulls) for c in schema.columns}
+    return _convert(full, schema, rows, problems)
+
+
+def _convert(
+    columns: dict[str, list[Any]], schema: InputSchema, rows: int, problems: _Problems
+) -> pd.DataFrame:
     converted: dict[str, pd.Series[Any]] = {}
     for column in schema.columns:
         converted[column.name] = _convert_column(column, columns[column.name], problems)
     problems.raise_if_any()
-    return pd.DataFrame(converted, index=pd.RangeIndex(len(instances)))
+    return pd.DataFrame(converted, index=pd.RangeIndex(rows))
 
 
 def _row_kind(instances: Sequence[Any]) -> Literal["object", "list"]:

@@ -1,4 +1,7 @@
-"""What the routes do: validate rows, score them off the event loop, report the model's state."""
+"""What the routes do, without HTTP: validate rows, score them off the event loop, report state.
+
+Returns domain values and raises ``PlatformError``s; the route modules turn them into responses.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +12,20 @@ from typing import Any, NoReturn, TypeVar
 import anyio.to_thread
 import numpy as np
 import orjson
+import pandas as pd
 from mlops_common.errors import ServiceUnavailable, Unprocessable
 
 from inference.batching import Batcher, QueueFull
 from inference.errors import PayloadTooLarge, describe_exception
-from inference.fastpath import CompiledPipeline, Decoded
+from inference.fastpath import Decoded
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
 from inference.schema import HealthResponse, ModelInfo, ModelRef
-from inference.validation import build_frame, check_batch_size
+from inference.validation import build_frame, build_frame_from_columns, check_batch_size
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-A = TypeVar("A")
 
 
 # Up to this many rows (or bytes of body) are decoded on the event loop (a fraction of a
@@ -44,6 +47,7 @@ class PredictionHandler:
         batch_threshold_s: float = 0.0005,
         max_queued_requests: int = 256,
         max_body_bytes: int = 64 * 1024 * 1024,
+        on_overload: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self._manager = manager
         self._max_batch_rows = max_batch_rows
@@ -53,8 +57,8 @@ class PredictionHandler:
         self._max_queued = max_queued_requests
         self.max_body_bytes = max_body_bytes
         self._in_threads = 0
-        # Called with the reason whenever a request is turned away because the service is full.
-        self.on_overload: Any = None
+        # Told the reason whenever a request is turned away because the service is full.
+        self._on_overload = on_overload
 
     @property
     def current(self) -> ServedModel | None:
@@ -63,18 +67,16 @@ class PredictionHandler:
 
     async def predict_json(self, raw: bytes) -> tuple[Prediction, ServedModel]:
         """Score the rows of a ``/predict`` body (``{"instances": [...]}``) with the model served
-        right now; see ``predict_rows``."""
+        right now; see ``_predict_rows``."""
         model = self._require_model()
-        fast = model.fast
-        if fast is not None:
-            decoded = await self._in_thread_if(len(raw) > INLINE_BYTES, fast.decode_json, raw)
-            if decoded is not None:
-                self._check_row_count(decoded.rows)
-                return await self._predict_decoded(model, fast, decoded), model
+        decoded = await self._in_thread_if(len(raw) > INLINE_BYTES, model.decode_json, raw)
+        if decoded is not None:
+            self._check_row_count(decoded.rows)
+            return await self._predict_decoded(model, decoded), model
         # Not the compiled model's plain form: parse generally and validate field by field.
-        return await self.predict_rows(parse_instances(raw))
+        return await self._predict_rows(parse_instances(raw))
 
-    async def predict_rows(self, instances: list[Any]) -> tuple[Prediction, ServedModel]:
+    async def _predict_rows(self, instances: list[Any]) -> tuple[Prediction, ServedModel]:
         """Score rows (objects, or lists in signature order) with the model served right now.
 
         Returns the model that answered: during a swap, a request finishes on the model it began
@@ -83,16 +85,26 @@ class PredictionHandler:
         check_batch_size(instances)
         self._check_row_count(len(instances))
         model = self._require_model()
-        fast = model.fast
-        if fast is not None:
-            large = len(instances) > INLINE_ROWS
-            decoded = await self._in_thread_if(large, fast.decode, instances)
-            if decoded is not None:
-                return await self._predict_decoded(model, fast, decoded), model
+        decoded = await self._in_thread_if(
+            len(instances) > INLINE_ROWS, model.decode_rows, instances
+        )
+        if decoded is not None:
+            return await self._predict_decoded(model, decoded), model
         # Anything the compiled path does not take (or no compiled path): the full validator,
         # which names every problem, then scikit-learn itself, off the event loop.
-        prediction = await self._in_thread(_score, model, instances)
+        prediction = await self._in_thread(_score, model, build_frame, instances)
         return prediction, model
+
+    async def predict_columns(
+        self, model: ServedModel, columns: dict[str, list[Any]], rows: int
+    ) -> Prediction:
+        """Score named columns of ``rows`` values each (V2 tensors) with ``model``, the one the
+        caller read the columns' types from; same checks and errors as ``_predict_rows``."""
+        self._check_row_count(rows)
+        decoded = await self._in_thread_if(rows > INLINE_ROWS, model.decode_columns, columns, rows)
+        if decoded is not None:
+            return await self._predict_decoded(model, decoded)
+        return await self._in_thread(_score, model, build_frame_from_columns, columns, rows)
 
     def _check_row_count(self, rows: int) -> None:
         if rows > self._max_batch_rows:
@@ -101,34 +113,33 @@ class PredictionHandler:
                 field="instances",
             )
 
-    async def _predict_decoded(
-        self, model: ServedModel, fast: CompiledPipeline, decoded: Decoded
-    ) -> Prediction:
-        x = await self._in_thread_if(decoded.rows > INLINE_ROWS, fast.transform, decoded)
-        predictions, probabilities = await self._score_matrix(model, fast, x)
+    async def _predict_decoded(self, model: ServedModel, decoded: Decoded) -> Prediction:
+        x = await self._in_thread_if(decoded.rows > INLINE_ROWS, model.transform, decoded)
+        predictions, probabilities = await self._score_matrix(model, x)
         return model.as_prediction(predictions, probabilities)
 
-    def batches(self, model: ServedModel) -> bool:
-        if self._batcher is None or model.fast is None or self._batching == "off":
+    def _batches(self, model: ServedModel) -> bool:
+        # Only decoded input reaches here, so the model is compiled.
+        if self._batcher is None or self._batching == "off":
             return False
         return self._batching == "on" or model.call_cost_s >= self._batch_threshold_s
 
     async def _score_matrix(
-        self, model: ServedModel, fast: CompiledPipeline, x: np.ndarray
+        self, model: ServedModel, x: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.batches(model):
+        if self._batches(model):
             assert self._batcher is not None
             try:
-                return await self._batcher.submit(fast, x)
+                return await self._batcher.submit(model, x)
             except QueueFull as exc:
                 self._overloaded(str(exc))
         if model.call_cost_s * max(1, x.shape[0] / 32) < INLINE_COST_S:
-            return fast.predict_matrix(x)
-        return await self._in_thread(fast.predict_matrix, x)
+            return model.predict_matrix(x)
+        return await self._in_thread(model.predict_matrix, x)
 
-    async def _in_thread_if(self, large: bool, func: Callable[[A], T], arg: A) -> T:
-        """``func(arg)`` on the event loop, or in a thread when the input is large."""
-        return await self._in_thread(func, arg) if large else func(arg)
+    async def _in_thread_if(self, large: bool, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on the event loop, or in a thread when the input is large."""
+        return await self._in_thread(func, *args) if large else func(*args)
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         if self._in_threads >= self._max_queued:
@@ -140,22 +151,22 @@ class PredictionHandler:
             self._in_threads -= 1
 
     def _overloaded(self, reason: str) -> NoReturn:
-        if self.on_overload is not None:
-            self.on_overload(reason)
+        self._on_overload(reason)
         raise ServiceUnavailable(f"the service is at capacity ({reason}); retry shortly")
 
-    def health(self) -> tuple[int, HealthResponse]:
+    def health(self) -> HealthResponse:
+        """The service's state: ``status`` is "ok" while a model is served."""
         manager = self._manager
         model = manager.current
         if model is not None:
-            return 200, HealthResponse(
+            return HealthResponse(
                 status="ok",
                 model=_ref(model),
                 last_error=manager.last_error,
                 pending_version=manager.pending_version,
                 message=manager.waiting_message,
             )
-        return 503, HealthResponse(
+        return HealthResponse(
             status="loading" if manager.last_error is None else "unavailable",
             last_error=manager.last_error,
             pending_version=manager.pending_version,
@@ -165,8 +176,6 @@ class PredictionHandler:
     def model_info(self) -> ModelInfo:
         model = self._require_model()
         meta = model.meta
-        if model.loaded_at is None:  # not reachable: only loaded models are swapped in
-            raise ServiceUnavailable("the model is still loading")
         return ModelInfo(
             name=meta.name,
             version=meta.version,
@@ -217,8 +226,9 @@ def parse_instances(raw: bytes) -> list[Any]:
     return instances
 
 
-def _score(model: ServedModel, instances: list[Any]) -> Prediction:
-    frame = build_frame(instances, model.input_schema)
+def _score(model: ServedModel, to_frame: Callable[..., pd.DataFrame], *args: Any) -> Prediction:
+    """``model.predict`` on ``to_frame(*args, model.input_schema)``, the validated input."""
+    frame = to_frame(*args, model.input_schema)
     try:
         return model.predict(frame)
     except (ValueError, TypeError, KeyError) as exc:

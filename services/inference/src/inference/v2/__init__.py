@@ -1,0 +1,1 @@
+"""Open Inference Protocol v2 (KServe V2 / Triton / MLServer REST): routes, codecs, metadata."""

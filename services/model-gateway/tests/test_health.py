@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def test_openapi_is_served_with_service_title(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
 
     assert spec["info"]["title"] == "model-gateway"
-    assert spec["info"]["version"] == "0.1.0"
+    # The package's own version, so a client can tell which gateway it talks to.
+    assert spec["info"]["version"] == version("model-gateway")
     assert "/v1/models/{name}/aliases/{alias}" in spec["paths"]
     assert client.get("/docs").status_code == 200

@@ -55,6 +55,14 @@ def platform_signing_key(stack: StackUrls) -> str | None:
     return stack.env.get("E2E_MODEL_SIGNING_KEY")
 
 
+def train_champion(http: httpx.Client, stack: StackUrls, name: str) -> dict[str, Any]:
+    """Version 1 of ``name``, trained (and signed) by the platform and made champion."""
+    body = {"model_name": name, "dataset": {"builtin": "iris"}, "promote": {"alias": "champion"}}
+    job = train(http, stack, body)
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
 @dataclass
 class Load:
     """Predictions sent back to back from a thread while the attacks happen."""
@@ -103,12 +111,7 @@ def served(
     stack: StackUrls, http: httpx.Client, extra_inference: ExtraInference, mlflow_env: None
 ) -> Iterator[Served]:
     name = unique("e2e-integrity")
-    job = train(
-        http,
-        stack,
-        {"model_name": name, "dataset": {"builtin": "iris"}, "promote": {"alias": "champion"}},
-    )
-    assert job["status"] == "succeeded", job["error"]
+    job = train_champion(http, stack, name)
     url = extra_inference(name, 18803)
     headers = {"Authorization": f"Bearer {stack.create_token(unique('e2e-int'), 'predict')}"}
     load = Load(url, headers)
@@ -278,12 +281,7 @@ def test_a_model_file_changed_in_s3_is_refused_after_a_restart(
 ) -> None:
     """(d): the served version's model.skops changed in the object store after registration."""
     name = unique("e2e-tampered")
-    job = train(
-        http,
-        stack,
-        {"model_name": name, "dataset": {"builtin": "iris"}, "promote": {"alias": "champion"}},
-    )
-    assert job["status"] == "succeeded", job["error"]
+    job = train_champion(http, stack, name)
     port = 18804
     url = extra_inference(name, port)
     token = stack.create_token(unique("e2e-tampered"), "predict", models=name)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import tritonclient.http as triton
 from inference.v2.codec import decode_inputs
-from inference.v2.schema import RequestInput
+from inference.v2.schemas import RequestInput
 from inference.validation import InputColumn, InputSchema, build_frame_from_columns
 
 pytestmark = pytest.mark.anyio
@@ -804,7 +804,7 @@ async def test_the_openapi_documents_v2_errors_as_the_one_string_they_are(
     service: Any, gateway: Any
 ) -> None:
     """Schemathesis found V2 errors documented as /predict's object: they are a string."""
-    from inference.v2.schema import V2Error
+    from inference.v2.schemas import V2Error
 
     gateway.set_alias("churn", 1)
     async with service() as svc:

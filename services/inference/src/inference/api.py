@@ -11,7 +11,7 @@ from mlops_common.errors import ErrorResponse
 
 from inference.body_limit import read_body
 from inference.deps import HandlerDep, ServingDep
-from inference.schema import (
+from inference.schemas import (
     HealthResponse,
     ModelInfo,
     PredictRequest,

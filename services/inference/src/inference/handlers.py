@@ -20,7 +20,7 @@ from inference.errors import PayloadTooLarge, describe_exception
 from inference.fastpath import Decoded
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
-from inference.schema import HealthResponse, ModelInfo, ModelRef
+from inference.schemas import HealthResponse, ModelInfo, ModelRef
 from inference.validation import build_frame, build_frame_from_columns, check_batch_size
 
 log = logging.getLogger(__name__)

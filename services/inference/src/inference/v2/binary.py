@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from mlops_common.errors import Unprocessable
 
-from inference.v2.schema import InferenceRequest
+from inference.v2.schemas import InferenceRequest
 
 HEADER = "inference-header-content-length"
 EXTENSION = "binary_tensor_data"

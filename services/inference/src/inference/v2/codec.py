@@ -24,7 +24,7 @@ import orjson
 from mlops_common.errors import Unprocessable
 
 from inference.model import Prediction
-from inference.v2.schema import DATATYPES, RequestInput, RequestOutput
+from inference.v2.schemas import DATATYPES, RequestInput, RequestOutput
 from inference.validation import InputColumn, InputSchema
 
 PREDICT = "predict"

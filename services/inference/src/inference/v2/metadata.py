@@ -8,7 +8,7 @@ import numpy as np
 
 from inference.model import ServedModel
 from inference.v2.codec import PREDICT, PREDICT_PROBA, classes_parameter, datatype_of
-from inference.v2.schema import MetadataTensor, ModelMetadata
+from inference.v2.schemas import MetadataTensor, ModelMetadata
 
 _MLFLOW_TO_V2 = {
     "double": "FP64",

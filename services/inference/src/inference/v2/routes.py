@@ -19,7 +19,7 @@ from inference.model import ServedModel
 from inference.v2 import binary
 from inference.v2.codec import decode_inputs, response_outputs, wanted_outputs
 from inference.v2.metadata import describe
-from inference.v2.schema import (
+from inference.v2.schemas import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,

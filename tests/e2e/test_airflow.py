@@ -179,7 +179,7 @@ def test_train_and_promote_promotes_better_challengers_only(
     )
     assert worse["state"] == "success", airflow.states(worse)
     assert airflow.states(worse)["promote"] == "skipped"
-    assert "does not beat" in airflow.log(worse, "challenger_wins")
+    assert "not promoted: " in airflow.log(worse, "challenger_wins")
     assert (
         http.get(f"{stack.gateway}/v1/models/{name}/aliases/champion").json()["version"]
         == champion["version"]

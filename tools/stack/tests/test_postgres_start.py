@@ -13,7 +13,7 @@ import pytest
 from mlops_stack import binaries
 from mlops_stack.access import can_traverse
 from mlops_stack.cli import Cli
-from mlops_stack.components import Stack
+from mlops_stack.components import Stack, inherited_env
 from mlops_stack.config import Paths, StackSecrets, StackSettings
 from mlops_stack.state import StackState
 from mlops_stack.supervisor import Supervisor
@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 def _stack(home: Path) -> tuple[Stack, Paths]:
-    settings = StackSettings(home=home, postgres_port=_free_port(), with_airflow=False)
+    settings = StackSettings(home=home, postgres_port=_free_port(), profile="serving")
     paths = Paths(home)
     paths.make()
     return Stack(settings, StackSecrets.load_or_create(home), paths), paths
@@ -34,12 +34,13 @@ def _stack(home: Path) -> tuple[Stack, Paths]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the private-parent case only arises as root")
 def test_postgres_starts_below_a_private_directory_as_root(tmp_path: Path) -> None:
-    private = tmp_path / "private"
+    # Short names: PostgreSQL's socket path (below the home) must stay under 108 bytes.
+    private = tmp_path / "p"
     private.mkdir(mode=0o700)
-    home = private / "checkout" / ".mlops"
+    home = private / "c" / ".mlops"
     stack, paths = _stack(home)
-    supervisor = Supervisor(stack, paths)
-    postgres = next(c for c in supervisor.components if c.name == "postgres")
+    supervisor = Supervisor.for_stack(stack, paths)
+    postgres = supervisor.components["postgres"]
     try:
         supervisor.start(postgres)
         assert supervisor.state.components["postgres"].status == "healthy"
@@ -81,7 +82,9 @@ def test_a_failing_initdb_shows_its_own_message_to_the_user(
     data.mkdir(parents=True)
     (data / "stray-file").write_text("left over\n")
 
-    assert Supervisor(stack, paths).run() == 1
+    # PostgreSQL alone: its failure is the test, not what other components' ports hold.
+    postgres = stack.all_components()["postgres"]
+    assert Supervisor([postgres], paths, inherited=inherited_env(os.environ, stack)).run() == 1
 
     state = StackState.read(paths.state_file)
     assert state is not None and state.phase == "failed"

@@ -56,15 +56,15 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Supe
         s3_master_port=master,
         s3_volume_port=volume,
         s3_filer_port=filer,
-        with_airflow=False,
+        profile="serving",
     )
     paths = Paths(home)
     paths.make()
     stack = Stack(settings, StackSecrets.load_or_create(home), paths)
     if stack.uses_minio:
         pytest.skip("a MinIO binary is configured: the stack runs MinIO, not SeaweedFS")
-    supervisor = Supervisor(stack, paths)
-    comp = next(c for c in supervisor.components if c.name == "s3")
+    supervisor = Supervisor.for_stack(stack, paths)
+    comp = supervisor.components["s3"]
     supervisor.start(comp)
     try:
         yield stack, supervisor
@@ -151,7 +151,7 @@ def test_objects_survive_a_restart_and_the_certificate_is_kept(
     tls = stack.paths.config("seaweedfs-tls")
     cert = (tls / components.GRPC_CERT_FILE).read_bytes()
     stack._s3_client("user").put_object(Bucket="data", Key="kept.csv", Body=b"a,b\n")
-    comp = next(c for c in supervisor.components if c.name == "s3")
+    comp = supervisor.components["s3"]
     supervisor.stop_one(comp)
     supervisor.start(comp)
     assert (tls / components.GRPC_CERT_FILE).read_bytes() == cert

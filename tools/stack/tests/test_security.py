@@ -231,12 +231,12 @@ def valkey(tmp_path: Path) -> Iterator[Stack]:
     paths = Paths(home)
     paths.make()
     stack = Stack(
-        StackSettings(home=home, redis_port=_free_port(), with_airflow=False),
+        StackSettings(home=home, redis_port=_free_port(), profile="serving"),
         StackSecrets.load_or_create(home),
         paths,
     )
-    supervisor = Supervisor(stack, paths)
-    comp = next(c for c in supervisor.components if c.name == "redis")
+    supervisor = Supervisor.for_stack(stack, paths)
+    comp = supervisor.components["redis"]
     supervisor.start(comp)
     try:
         yield stack

@@ -86,15 +86,57 @@ def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
     assert StackState.read(tmp_path / "missing.json") is None
 
 
-def test_components_start_in_dependency_order(home: Path) -> None:
+def test_each_component_comes_after_what_its_start_needs(home: Path) -> None:
     settings = StackSettings(home=home)
     stack = Stack(settings, StackSecrets.load_or_create(home), Paths(home))
-    names = [c.name for c in stack.components()]
-    assert names.index("postgres") < names.index("mlflow") < names.index("model-gateway")
-    assert names.index("model-gateway") < names.index("trainer") < names.index("trainer-worker")
-    # Airflow comes last: its DAGs call the services, and its API server before its other parts.
-    assert names.index("inference") < names.index("airflow-api") < names.index("airflow-scheduler")
-    assert names[-1] == "airflow-worker"
-    mlflow = next(c for c in stack.components() if c.name == "mlflow")
+    components = stack.components()
+    names = [c.name for c in components]
+    assert len(names) == 13
+    for position, comp in enumerate(components):
+        assert set(comp.depends_on) <= set(names[:position]), comp.name
+    needs = {c.name: set(c.depends_on) for c in components}
+    # Migrations: the trainer API's before its worker's, Airflow's (in airflow-api's prepare)
+    # before the other Airflow parts start; the gateway's api_tokens table (and the tokens
+    # stored after it is healthy) before inference asks it anything.
+    assert "trainer" in needs["trainer-worker"]
+    for part in ("scheduler", "dag-processor", "triggerer", "worker"):
+        assert "airflow-api" in needs[f"airflow-{part}"]
+    assert "model-gateway" in needs["inference"]
+    assert {"postgres", "mlflow"} <= needs["model-gateway"]
+    assert needs["mlflow"] == {"postgres"}
+    # Side by side: nothing waits for what it does not need.
+    assert not needs["postgres"] | needs["redis"] | needs["s3"]
+    assert "mlflow" not in needs["trainer"] and "inference" not in needs["airflow-api"]
+    mlflow = next(c for c in components if c.name == "mlflow")
     # The database password reaches MLflow by environment, not on its command line.
     assert StackSecrets.load_or_create(home).postgres_password not in " ".join(mlflow.command())
+
+
+def test_the_serving_profile_runs_no_airflow(home: Path) -> None:
+    settings = StackSettings(home=home, profile="serving")
+    stack = Stack(settings, StackSecrets.load_or_create(home), Paths(home))
+    assert set(stack.component_names()) == {
+        "postgres",
+        "redis",
+        "s3",
+        "mlflow",
+        "model-gateway",
+        "inference",
+        # Inference serves only models the trainer's worker signed.
+        "trainer",
+        "trainer-worker",
+    }
+    assert "AIRFLOW_URL" not in stack.client_env()
+    full = Stack(StackSettings(home=home), stack.secrets, stack.paths)
+    assert "AIRFLOW_URL" in full.client_env()
+
+
+def test_commands_follow_the_profile_of_the_stack_last_started(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = Paths(home)
+    paths.make()
+    StackState(supervisor_pid=1, profile="serving").write(paths.state_file)
+    assert main(["--home", str(home), "env"]) == 0
+    exported = capsys.readouterr().out
+    assert "INFERENCE_URL" in exported and "AIRFLOW_URL" not in exported

@@ -28,12 +28,12 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     paths = Paths(home)
     paths.make()
     stack = Stack(
-        StackSettings(home=home, postgres_port=port, with_airflow=False),
+        StackSettings(home=home, postgres_port=port, profile="serving"),
         StackSecrets.load_or_create(home),
         paths,
     )
-    supervisor = Supervisor(stack, paths)
-    postgres = next(c for c in supervisor.components if c.name == "postgres")
+    supervisor = Supervisor.for_stack(stack, paths)
+    postgres = supervisor.components["postgres"]
     supervisor.start(postgres)
     try:
         yield stack

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 from mlops_common.auth import TokenInfo, TokenStore
 
-from mlops_stack.components import Stack
+from mlops_stack.components import PROFILES, PYTHON_ENV, Stack
 from mlops_stack.config import PRIVATE_UMASK, Paths, StackSecrets, StackSettings, make_private
 from mlops_stack.demo import ensure_demo_model
 from mlops_stack.state import StackState, pid_alive, tail
@@ -55,13 +55,17 @@ class Cli:
 
     # ---- up --------------------------------------------------------------------------------
     def up(self, skip_demo: bool) -> int:
+        began = time.monotonic()
         self.paths.make()
         # State left by older versions (logs, configuration) becomes private too.
         make_private(self.home, skip=(self.paths.data("postgres"),))
-        stack = self.stack()
+        started: StackState | None = None
         if self.supervisor_pid():
-            _out(f"the stack is already running (state in {self.home})")
+            self.use_running_profile()
+            _out(f"the stack is already running ({self.settings.profile}, state in {self.home})")
+            stack = self.stack()
         else:
+            stack = self.stack()
             busy = self._busy_ports(stack)
             if busy:
                 for line in busy:
@@ -70,17 +74,27 @@ class Cli:
                     "stop what holds these ports, or set MLOPS_<COMPONENT>_PORT, then run `mlops up` again"
                 )
                 return 1
-            if not self._start_supervisor(stack):
+            started = self._start_supervisor(stack, began)
+            if started is None:
                 return 1
         if not skip_demo and not ensure_demo_model(stack, self.home, _out):
             return 1
         _out()
         self._table(stack)
+        if started is not None:
+            _out()
+            self._timings(started, time.monotonic() - began)
         _out()
         _out(
             f'state: {self.home}   logs: mlops logs COMPONENT   client settings: eval "$(uv run mlops env)"'
         )
         return 0
+
+    def use_running_profile(self) -> None:
+        """Commands other than a first ``up`` are about the stack last started here."""
+        state = StackState.read(self.paths.state_file)
+        if state is not None:
+            self.settings = self.settings.model_copy(update={"profile": state.profile})
 
     def _busy_ports(self, stack: Stack) -> list[str]:
         wanted = {port: comp.name for comp in stack.components() for port in comp.ports}
@@ -112,46 +126,81 @@ class Cli:
                     lines.append(f"port {port} ({name}) is already in use")
         return lines
 
-    def _start_supervisor(self, stack: Stack) -> bool:
-        names = [c.name for c in stack.components()]
+    def _start_supervisor(self, stack: Stack, began: float) -> StackState | None:
+        """Start the supervisor and report each component's progress; the final state once
+        every component is healthy, None when the start failed."""
+        components = stack.components()
+        names = [c.name for c in components]
+        width = max(map(len, names))
         self.paths.state_file.unlink(missing_ok=True)
         with open(self.paths.log("supervisor"), "ab") as logfile:
-            subprocess.Popen(
+            supervisor = subprocess.Popen(
                 [sys.executable, "-m", "mlops_stack.supervisor", "--home", str(self.home)],
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "MLOPS_HOME": str(self.home)},
+                env={
+                    **os.environ,
+                    **PYTHON_ENV,
+                    "MLOPS_HOME": str(self.home),
+                    "MLOPS_PROFILE": self.settings.profile,
+                },
             )
-        _out(f"starting the stack ({len(names)} components, state in {self.home})")
-        started = time.monotonic()
+        _out(
+            f"starting the stack ({self.settings.profile}: {len(names)} components, "
+            f"state in {self.home})"
+        )
         reported: set[str] = set()
         announced: set[str] = set()
-        deadline = started + sum(c.start_timeout_s for c in stack.components()) + 30
+        # Each component's own timeout ends a start that hangs; this only guards the guard.
+        deadline = time.monotonic() + sum(c.start_timeout_s for c in components) + 30
         while time.monotonic() < deadline:
+            # Asked before reading the state, which then holds whatever it wrote last.
+            exited = supervisor.poll() is not None
             state = StackState.read(self.paths.state_file)
             if state:
                 for i, name in enumerate(names, 1):
                     comp = state.components[name]
-                    if comp.status == "starting" and name not in announced:
+                    step = f"[{i}/{len(names)}] {name:<{width}}"
+                    if comp.status != "pending" and name not in announced:
                         announced.add(name)
-                        _out(f"[{i}/{len(names)}] {name:<15} starting")
-                    if comp.status == "healthy" and name not in reported:
+                        _out(f"{step} starting")
+                    if comp.healthy_s is not None and name not in reported:
                         reported.add(name)
-                        elapsed = time.monotonic() - started
-                        _out(
-                            f"[{i}/{len(names)}] {name:<15} healthy  {comp.url}  (+{elapsed:.1f}s)"
-                        )
+                        elapsed = time.monotonic() - began
+                        _out(f"{step} healthy  {comp.url}  (+{elapsed:.1f}s)")
                 if state.phase == "running":
-                    return True
+                    return state
                 if state.phase in ("failed", "stopped"):
                     self._report_failure(state)
-                    return False
-            time.sleep(0.3)
+                    return None
+            if exited:
+                _out(
+                    f"the supervisor exited with code {supervisor.returncode}; "
+                    f"see {self.paths.log('supervisor')}"
+                )
+                return None
+            time.sleep(0.1)
         _out("the stack did not come up in time; stopping it")
         self.down()
-        return False
+        return None
+
+    def _timings(self, state: StackState, total_s: float) -> None:
+        """When each component began to start (its dependencies healthy) and became healthy,
+        in seconds after the supervisor started."""
+        rows = [("COMPONENT", "STARTED", "HEALTHY", "TOOK")]
+        timed = [c for c in state.components.values() if c.started_s is not None]
+        for comp in sorted(timed, key=lambda c: c.healthy_s or 0.0):
+            start, healthy = comp.started_s or 0.0, comp.healthy_s or 0.0
+            rows.append(
+                (comp.name, f"+{start:.1f}s", f"+{healthy:.1f}s", f"{healthy - start:.1f}s")
+            )
+        _rows(rows)
+        last = max((c.healthy_s or 0.0 for c in timed), default=0.0)
+        _out(
+            f"all healthy {last:.1f}s after the supervisor started; `mlops up` took {total_s:.1f}s"
+        )
 
     def _report_failure(self, state: StackState) -> None:
         _out(f"start-up failed: {state.error}")
@@ -200,12 +249,10 @@ class Cli:
             pid = str(cs.pid) if cs and cs.pid and running else "-"
             restarts = str(cs.restarts) if cs else "0"
             rows.append((comp.name, comp.url, status, pid, restarts))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        _rows(rows)
 
     def logs(self, component: str, lines: int, follow: bool) -> int:
-        names = [c.name for c in self.stack().components()] + ["supervisor"]
+        names = [*self.stack().all_components(), "supervisor"]
         if component not in names:
             _out(f"unknown component {component!r}; choose one of: {', '.join(names)}")
             return 2
@@ -325,9 +372,14 @@ class Cli:
                     state,
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        _rows(rows)
+
+
+def _rows(rows: Sequence[Sequence[str]]) -> None:
+    """Print rows as left-aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _describe(pid: int | None) -> str:
@@ -361,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start every component and wait until each is healthy")
     up.add_argument("--no-demo", action="store_true", help="do not train the demo model")
+    up.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="full: every component (default, or MLOPS_PROFILE); serving: no Airflow",
+    )
     sub.add_parser("down", help="stop everything `up` started")
     sub.add_parser("status", help="show each component with its URL and status")
     logs = sub.add_parser("logs", help="show a component's log")
@@ -396,9 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(PRIVATE_UMASK)
 
     settings = StackSettings(home=args.home) if args.home else StackSettings()
+    if args.command == "up" and args.profile:
+        settings = settings.model_copy(update={"profile": args.profile})
     cli = Cli(settings)
     if args.command == "up":
         return cli.up(skip_demo=args.no_demo)
+    cli.use_running_profile()
     if args.command == "down":
         return cli.down()
     if args.command == "status":

@@ -1,6 +1,9 @@
 """The stack's components: how each starts, what it needs, and how we know it is healthy.
 
-Order matters: each component starts only when the ones before it are healthy.
+Each component names the components that must be healthy before it starts (``depends_on``);
+the supervisor starts it as soon as they are. A dependency is what the start itself needs (a
+database, a schema another component migrates, a broker, what its health probe asks), not
+what a request needs later: the trainer's jobs need MLflow and the gateway, its start does not.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import pwd
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,15 @@ MLFLOW_GRANTS = (
     (MLFLOW_TRAINER, "registered_model", "*", "EDIT"),
     (MLFLOW_GATEWAY, "registered_model", "*", "EDIT"),
 )
+# What the profiles run (each with everything it depends on; None: every component).
+# Serving: inference, and the trainer with its worker because inference serves only models the
+# worker signed (the demo model among them); Airflow's five processes are left out.
+SERVING = ("inference", "trainer-worker")
+PROFILES: dict[str, tuple[str, ...] | None] = {"full": None, "serving": SERVING}
+# Python writes no bytecode cache where PYTHONDONTWRITEBYTECODE is set (in many shells and
+# images): every start would then compile each imported module of MLflow, Airflow, scikit-learn
+# again, several CPU seconds per process. The stack's Python processes always cache it.
+PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": ""}
 # The platform's own API tokens: name -> scopes.
 SERVICE_TOKENS: dict[str, tuple[str, ...]] = {
     "admin": ("admin",),
@@ -92,18 +105,66 @@ class Component:
     # One-time work before the process starts (initdb) and after it is healthy (databases, buckets).
     prepare: Callable[[], None] = lambda: None
     after_healthy: Callable[[], None] = lambda: None
+    # Components that must be healthy (their after_healthy done) before this one starts.
+    depends_on: tuple[str, ...] = ()
     user: pwd.struct_passwd | None = None
     # Seconds a healthy start may take (MLflow and the trainer import heavy libraries).
     start_timeout_s: float = 90.0
-    kind: str = "server"
+
+
+def with_dependencies(components: Mapping[str, Component], names: Iterable[str]) -> set[str]:
+    """``names`` and every component they depend on, directly or not."""
+    found: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(components[name].depends_on)
+    return found
+
+
+def http_get(url: str, timeout_s: float = 2.0) -> Callable[[], httpx.Response | None]:
+    """A probe's GET of ``url`` (None when it cannot be reached).
+
+    One keep-alive client per probe, made on first use: probes run several times a second, and
+    a new client per request costs more CPU than the request itself.
+    """
+    client: httpx.Client | None = None
+
+    def get() -> httpx.Response | None:
+        nonlocal client
+        if client is None:
+            client = httpx.Client(timeout=timeout_s)
+        try:
+            return client.get(url)
+        except httpx.HTTPError:
+            return None
+
+    return get
 
 
 def http_ok(url: str, accept: tuple[int, ...] = (200,)) -> Callable[[], bool]:
+    get = http_get(url)
+
     def check() -> bool:
+        response = get()
+        return response is not None and response.status_code in accept
+
+    return check
+
+
+def json_probe(url: str, passes: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
+    """Healthy when ``url`` answers with a JSON object that ``passes``."""
+    get = http_get(url, timeout_s=5.0)
+
+    def check() -> bool:
+        response = get()
         try:
-            return httpx.get(url, timeout=2.0).status_code in accept
-        except httpx.HTTPError:
+            body = response.json() if response is not None else None
+        except ValueError:
             return False
+        return isinstance(body, dict) and passes(body)
 
     return check
 
@@ -377,7 +438,7 @@ class Stack:
                     "AIRFLOW_USERNAME": sec.airflow_username,
                     "AIRFLOW_PASSWORD": sec.airflow_password,
                 }
-                if st.with_airflow
+                if "airflow-api" in self.component_names()
                 else {}
             ),
         }
@@ -385,11 +446,12 @@ class Stack:
     @staticmethod
     def _base_env() -> dict[str, str]:
         # Components get only their own credentials: nothing of `mlops env` is passed on.
-        return {"PYTHONUNBUFFERED": "1"}
+        return dict(PYTHON_ENV)
 
     # ---- components ----------------------------------------------------------------------
-    def components(self) -> list[Component]:
-        return [
+    def all_components(self) -> dict[str, Component]:
+        """Every component of the platform, whatever the profile."""
+        every = [
             self.postgres(),
             self.redis(),
             self.s3(),
@@ -398,8 +460,20 @@ class Stack:
             self.trainer_api(),
             self.trainer_worker(),
             self.inference(),
-            *(self.airflow() if self.settings.with_airflow else []),
+            *self.airflow(),
         ]
+        return {c.name: c for c in every}
+
+    def components(self) -> list[Component]:
+        """The profile's components, each after those it depends on."""
+        every = self.all_components()
+        goals = PROFILES[self.settings.profile]
+        wanted = with_dependencies(every, goals) if goals else set(every)
+        graph = {name: every[name].depends_on for name in every if name in wanted}
+        return [every[name] for name in TopologicalSorter(graph).static_order()]
+
+    def component_names(self) -> list[str]:
+        return [c.name for c in self.components()]
 
     def postgres(self) -> Component:
         st = self.settings
@@ -665,9 +739,14 @@ class Stack:
                 for sock in sockets:  # left by a previous run
                     sock.unlink(missing_ok=True)
 
+        client: Any = None
+
         def healthy() -> bool:
+            nonlocal client
             try:
-                self._s3_client().list_buckets()
+                # One client for every probe: making one costs more than the request.
+                client = client or self._s3_client()
+                client.list_buckets()
             except Exception:
                 return False
             return True
@@ -763,13 +842,17 @@ class Stack:
                 self.host,
                 "--port",
                 str(st.mlflow_port),
+                # One uvicorn worker serves the stack's few clients; each more imports all of
+                # MLflow again (CPU seconds on every start) and holds its own memory.
                 "--workers",
-                "2",
+                "1",
             ],
             env=env,
             healthy=http_ok(f"{self.mlflow_uri}/health"),
             prepare=prepare,
             after_healthy=self.ensure_mlflow_users,
+            # Its backend and auth databases (made by postgres's after_healthy).
+            depends_on=("postgres",),
             start_timeout_s=150,
         )
 
@@ -830,6 +913,9 @@ class Stack:
             healthy=http_ok(f"{url}/health"),
             # The gateway's migrations made the api_tokens table: the services' tokens go in.
             after_healthy=self.ensure_tokens,
+            # It migrates the platform database; its health asks MLflow, as its MLflow user
+            # (made by mlflow's after_healthy).
+            depends_on=("postgres", "mlflow"),
         )
 
     def token_store(self) -> TokenStore:
@@ -875,19 +961,13 @@ class Stack:
             command=lambda: [binaries.venv_bin("trainer-api")],
             env=self._trainer_env(worker=False),
             healthy=http_ok(f"{url}/health"),
+            # It migrates the platform database (its own tables); its health asks the broker.
+            depends_on=("postgres", "redis"),
         )
 
     def trainer_worker(self) -> Component:
         st = self.settings
         url = self.service_url(st.trainer_port)
-
-        def healthy() -> bool:
-            try:
-                body = httpx.get(f"{url}/health", timeout=5.0).json()
-            except (httpx.HTTPError, ValueError):
-                return False
-            return bool(body.get("workers"))
-
         return Component(
             name="trainer-worker",
             url="celery worker on redis",
@@ -907,8 +987,11 @@ class Stack:
                 "--without-mingle",
             ],
             env=self._trainer_env(worker=True),
-            healthy=healthy,
-            kind="worker",
+            # Healthy once the API sees it answer on the broker.
+            healthy=json_probe(f"{url}/health", lambda body: bool(body.get("workers"))),
+            # The API migrates the tables the worker migrates too: on a first start they would
+            # race to create them.
+            depends_on=("redis", "trainer"),
         )
 
     def inference(self) -> Component:
@@ -933,6 +1016,9 @@ class Stack:
             },
             # Up means answering; serving (200) needs a model, which the demo training provides.
             healthy=http_ok(f"{url}/health", accept=(200, 503)),
+            # It resolves its model through the gateway with its token (which the gateway's
+            # after_healthy stores), loads it from S3, and listens for alias moves on Redis.
+            depends_on=("redis", "s3", "model-gateway"),
         )
 
     # ---- Airflow ---------------------------------------------------------------------------------
@@ -994,16 +1080,9 @@ class Stack:
         }
 
     def airflow_health(self, part: str) -> Callable[[], bool]:
+        """Healthy when Airflow's API server reports ``part`` healthy (its heartbeat is recent)."""
         url = f"{self.service_url(self.settings.airflow_port)}/api/v2/monitor/health"
-
-        def check() -> bool:
-            try:
-                body = httpx.get(url, timeout=3.0).json()
-            except (httpx.HTTPError, ValueError):
-                return False
-            return bool(body.get(part, {}).get("status") == "healthy")
-
-        return check
+        return json_probe(url, lambda body: body.get(part, {}).get("status") == "healthy")
 
     def airflow(self) -> list[Component]:
         st = self.settings
@@ -1025,45 +1104,71 @@ class Stack:
                 cwd=home,
             )
 
-        def component(
-            name: str, args: list[str], health: Callable[[], bool], **kw: Any
+        def part(
+            name: str,
+            args: list[str],
+            health: Callable[[], bool],
+            depends_on: tuple[str, ...],
+            ports: tuple[int, ...] = (),
         ) -> Component:
             return Component(
                 name=name,
-                url=kw.pop("url", "-"),
-                ports=kw.pop("ports", ()),
+                url="-",
+                ports=ports,
                 command=lambda: [airflow, *args],
                 env=env,
                 healthy=health,
-                kind="airflow",
-                **kw,
+                depends_on=depends_on,
             )
 
         api = self.service_url(st.airflow_port)
+        # The other parts need the database the API server's prepare migrated, and the API
+        # server itself: their health is what it reports.
         return [
-            component(
-                "airflow-api",
-                ["api-server", "--port", str(st.airflow_port), "--host", self.host],
-                http_ok(f"{api}/api/v2/monitor/health"),
+            Component(
+                name="airflow-api",
                 url=api,
                 ports=(st.airflow_port,),
+                command=lambda: [
+                    airflow,
+                    "api-server",
+                    "--port",
+                    str(st.airflow_port),
+                    "--host",
+                    self.host,
+                ],
+                env=env,
+                healthy=http_ok(f"{api}/api/v2/monitor/health"),
                 prepare=prepare,
+                # Its prepare migrates the airflow database.
+                depends_on=("postgres",),
                 start_timeout_s=180,
             ),
-            component("airflow-scheduler", ["scheduler"], self.airflow_health("scheduler")),
-            component(
-                "airflow-dag-processor", ["dag-processor"], self.airflow_health("dag_processor")
+            # The scheduler and the worker also use the broker (Valkey db 1).
+            part(
+                "airflow-scheduler",
+                ["scheduler"],
+                self.airflow_health("scheduler"),
+                ("airflow-api", "redis"),
             ),
-            component(
+            part(
+                "airflow-dag-processor",
+                ["dag-processor"],
+                self.airflow_health("dag_processor"),
+                ("airflow-api",),
+            ),
+            part(
                 "airflow-triggerer",
                 ["triggerer"],
                 self.airflow_health("triggerer"),
+                ("airflow-api",),
                 ports=(st.airflow_trigger_log_port,),
             ),
-            component(
+            part(
                 "airflow-worker",
                 ["celery", "worker", "--concurrency", str(st.airflow_worker_concurrency)],
                 lambda: _listening(self.host, st.airflow_worker_log_port),
+                ("airflow-api", "redis"),
                 ports=(st.airflow_worker_log_port,),
             ),
         ]
@@ -1081,7 +1186,7 @@ def inherited_env(environ: dict[str, str] | os._Environ[str], stack: Stack) -> d
     stack, stay out: each component receives only its own, in ``Component.env``.
     """
     managed = set(stack.client_env())
-    for comp in stack.components():
+    for comp in stack.all_components().values():
         managed |= set(comp.env)
     return {
         key: value

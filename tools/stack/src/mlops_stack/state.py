@@ -19,11 +19,16 @@ class ComponentState:
     restarts: int = 0
     since: float = field(default_factory=time.time)
     error: str | None = None
+    # Seconds after the supervisor started: when this component's start began (its
+    # dependencies healthy) and when it was first healthy.
+    started_s: float | None = None
+    healthy_s: float | None = None
 
 
 @dataclass
 class StackState:
     supervisor_pid: int
+    profile: str = "full"
     phase: str = "starting"  # starting|running|stopping|stopped|failed
     error: str | None = None
     components: dict[str, ComponentState] = field(default_factory=dict)

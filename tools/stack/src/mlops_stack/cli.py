@@ -77,7 +77,7 @@ class Cli:
             started = self._start_supervisor(stack, began)
             if started is None:
                 return 1
-        if not skip_demo and not ensure_demo_model(stack, self.home, _out):
+        if not skip_demo and not ensure_demo_model(stack, _out):
             return 1
         _out()
         self._table(stack)

@@ -7,15 +7,14 @@ URLs and the local user's admin token.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from mlops_common import demo
 
 from mlops_stack.components import Stack
 
 
-def ensure_demo_model(stack: Stack, home: Path, out: Callable[[str], None]) -> bool:
-    del home  # the trainer's idempotency key, not a file, remembers the demo job
+def ensure_demo_model(stack: Stack, out: Callable[[str], None]) -> bool:
+    # The trainer's idempotency key remembers the demo job: a second start finds it finished.
     st = stack.settings
     done = demo.ensure_demo_model(
         stack.service_url(st.trainer_port),

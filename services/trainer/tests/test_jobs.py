@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import update
-from trainer.jobs import Job, JobStore, utcnow
+from trainer.jobs import Job, JobStore, WorkerIdentity, utcnow
 from trainer.queue import recover_jobs
 from trainer.settings import TrainerSettings
 
@@ -19,8 +20,12 @@ def test_only_one_delivery_claims_a_job(store: JobStore) -> None:
 
 def test_a_restarted_worker_requeues_what_it_was_running(store: JobStore) -> None:
     job, _ = store.create("m", {"x": 1}, None)
-    store.claim(job.id, "trainer@host")
-    requeued, failed = store.recover_orphans(3600, max_attempts=2, dead_worker="trainer@host")
+    before = WorkerIdentity("host", 7, "aaaa1111", 12)
+    store.claim(job.id, str(before))
+    # The restarted container: same host, same main pid, another incarnation.
+    after = WorkerIdentity("host", 7, "bbbb2222", 13)
+    gone = partial(after.knows_gone, alive=lambda _pid: True)
+    requeued, failed = store.recover_orphans(3600, max_attempts=2, gone=gone)
     assert (requeued, failed) == ([job.id], [])
     again = store.get(job.id)
     assert again is not None and again.status == "queued"
@@ -30,12 +35,38 @@ def test_a_restarted_worker_requeues_what_it_was_running(store: JobStore) -> Non
 def test_a_job_out_of_attempts_is_failed_with_a_reason(store: JobStore) -> None:
     job, _ = store.create("m", {"x": 1}, None)
     store.claim(job.id, "w")
-    store.recover_orphans(3600, max_attempts=2, dead_worker="w")
+    store.recover_orphans(3600, max_attempts=2, gone=lambda owner: owner == "w")
     store.claim(job.id, "w")
-    requeued, failed = store.recover_orphans(3600, max_attempts=2, dead_worker="w")
+    requeued, failed = store.recover_orphans(3600, max_attempts=2, gone=lambda owner: owner == "w")
     assert (requeued, failed) == ([], [job.id])
     final = store.get(job.id)
     assert final is not None and final.status == "failed" and "giving up" in (final.error or "")
+
+
+def test_a_worker_never_takes_a_live_neighbours_jobs_for_its_own() -> None:
+    me = WorkerIdentity("host", 100, "mine0000", 101)
+    neighbour = str(WorkerIdentity("host", 200, "next0000", 201))
+    alive = {100, 200}.__contains__
+    assert not me.knows_gone(neighbour, alive)  # a second worker on the same host
+    assert not me.knows_gone(str(WorkerIdentity("host", 100, "mine0000", 102)), alive)  # my pool
+    assert not me.knows_gone(str(WorkerIdentity("other", 200, "x", 1)), alive)  # heartbeat decides
+    assert me.knows_gone(str(WorkerIdentity("host", 300, "gone0000", 301)), alive)  # pid is dead
+    assert me.knows_gone("trainer@host", alive)  # a worker from before the upgrade
+    assert WorkerIdentity.parse(neighbour) == WorkerIdentity("host", 200, "next0000", 201)
+
+
+def test_only_the_attempt_that_owns_a_job_records_its_outcome(store: JobStore) -> None:
+    """An attempt taken for lost (and requeued) that finishes late changes nothing."""
+    job, _ = store.create("m", {"x": 1}, None)
+    store.claim(job.id, "first")
+    store.recover_orphans(3600, max_attempts=3, gone=lambda owner: owner == "first")
+    store.claim(job.id, "second")
+    assert not store.succeed(job.id, "first", model_version=1)
+    assert not store.fail(job.id, "first", "late")
+    assert store.succeed(job.id, "second", model_version=2)
+    final = store.get(job.id)
+    assert final is not None and (final.status, final.model_version) == ("succeeded", 2)
+    assert not store.fail(job.id, "second", "twice")
 
 
 def test_live_jobs_are_left_alone_and_stale_ones_recovered(store: JobStore) -> None:
@@ -63,7 +94,7 @@ def test_recovery_sends_requeued_jobs_and_at_start_every_queued_one(
     orphan, _ = store.create("m", {"x": 2}, None)
     store.claim(orphan.id, "trainer@host")
     queue = FakeQueue()
-    recover_jobs(store, queue, settings, dead_worker="trainer@host")
+    recover_jobs(store, queue, settings, gone=lambda owner: owner == "trainer@host")
     assert queue.sent == [orphan.id]
     queue = FakeQueue()
     recover_jobs(store, queue, settings, resend_queued=True)

@@ -111,7 +111,8 @@ def test_a_full_queue_is_429_with_retry_after(
     again = client.post("/v1/train", json={**IRIS, "idempotency_key": "one"})
     assert again.status_code == 200
     # Finished jobs do not count.
-    store.succeed(first.json()["job_id"])
+    store.claim(first.json()["job_id"], "w")
+    store.succeed(first.json()["job_id"], "w")
     assert client.post("/v1/train", json=IRIS).status_code == 202
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,64 @@ VERSION_TABLE = "alembic_version_trainer"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who runs a job: ``trainer@<host>/<worker pid>.<incarnation>/<process pid>``.
+
+    Unique per process, so several workers on one host (or a worker's pool processes) never take
+    each other for gone. The worker's main pid and a random incarnation tell a previous run of
+    a restarted worker (same host, and the same pid once a container restarts) from a live
+    neighbour.
+    """
+
+    host: str
+    worker_pid: int
+    incarnation: str
+    pid: int
+
+    @classmethod
+    def current(cls, worker_pid: int, incarnation: str) -> WorkerIdentity:
+        return cls(socket.gethostname(), worker_pid, incarnation, os.getpid())
+
+    def __str__(self) -> str:
+        return f"trainer@{self.host}/{self.worker_pid}.{self.incarnation}/{self.pid}"
+
+    @classmethod
+    def parse(cls, name: str) -> WorkerIdentity | None:
+        try:
+            host, worker, pid = name.removeprefix("trainer@").split("/")
+            worker_pid, incarnation = worker.split(".")
+            return cls(host, int(worker_pid), incarnation, int(pid))
+        except ValueError:
+            return None
+
+    def knows_gone(self, owner: str | None, alive: Callable[[int], bool]) -> bool:
+        """Whether ``owner`` (a job's worker) is certainly gone, as seen from this worker.
+
+        Only a worker on this host can tell; elsewhere the heartbeat decides. A name of the
+        older form (``trainer@<host>``) on this host is a worker from before an upgrade.
+        """
+        if owner is None:
+            return False
+        if owner == f"trainer@{self.host}":
+            return True
+        theirs = WorkerIdentity.parse(owner)
+        if theirs is None or theirs.host != self.host or theirs.incarnation == self.incarnation:
+            return False
+        # Our own main pid under another incarnation: we replaced it (a restarted container).
+        return theirs.worker_pid == self.worker_pid or not alive(theirs.worker_pid)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 class Base(DeclarativeBase):
@@ -131,11 +193,23 @@ class JobStore:
     def heartbeat(self, job_id: str) -> None:
         self._update(job_id, heartbeat_at=utcnow())
 
-    def succeed(self, job_id: str, **values: Any) -> None:
-        self._update(job_id, status="succeeded", finished_at=utcnow(), **values)
+    def succeed(self, job_id: str, worker: str, **values: Any) -> bool:
+        """Record the outcome of the attempt ``worker`` runs; False when it no longer owns the job
+        (it was taken for gone and requeued meanwhile: the attempt that owns it reports)."""
+        return self._finish(job_id, worker, status="succeeded", **values)
 
-    def fail(self, job_id: str, error: str) -> None:
-        self._update(job_id, status="failed", error=error[:4000], finished_at=utcnow())
+    def fail(self, job_id: str, worker: str, error: str) -> bool:
+        return self._finish(job_id, worker, status="failed", error=error[:4000])
+
+    def _finish(self, job_id: str, worker: str, **values: Any) -> bool:
+        with self.sessions() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+                .values(finished_at=utcnow(), **values)
+            )
+            session.commit()
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def _update(self, job_id: str, **values: Any) -> None:
         with self.sessions() as session:
@@ -176,13 +250,15 @@ class JobStore:
             return list(session.scalars(select(Job.id).where(Job.status == "queued")))
 
     def recover_orphans(
-        self, stale_after_s: float, max_attempts: int, dead_worker: str | None = None
+        self,
+        stale_after_s: float,
+        max_attempts: int,
+        gone: Callable[[str | None], bool] = lambda _worker: False,
     ) -> tuple[list[str], list[str]]:
         """Running jobs whose worker is gone: requeue them, or fail them when out of attempts.
 
-        A worker is gone when its heartbeat is stale, or when ``dead_worker`` names it (a worker
-        that just started under the same name as the one that was running the job).
-        Returns (requeued ids, failed ids).
+        A worker is gone when its heartbeat is stale, or when ``gone`` knows it is (a restarted
+        worker recognising its previous run). Returns (requeued ids, failed ids).
         """
         cutoff = utcnow() - timedelta(seconds=stale_after_s)
         requeued: list[str] = []
@@ -193,9 +269,7 @@ class JobStore:
                 heartbeat = job.heartbeat_at
                 if heartbeat is not None and heartbeat.tzinfo is None:
                     heartbeat = heartbeat.replace(tzinfo=UTC)
-                lost = (dead_worker is not None and job.worker == dead_worker) or (
-                    heartbeat is None or heartbeat < cutoff
-                )
+                lost = gone(job.worker) or heartbeat is None or heartbeat < cutoff
                 if not lost:
                     continue
                 reason = f"worker {job.worker} stopped while running attempt {job.attempts}"

@@ -4,6 +4,7 @@ and how jobs whose message or worker was lost are sent again."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from celery import Celery
@@ -65,18 +66,18 @@ def recover_jobs(
     queue: JobQueue,
     settings: TrainerSettings,
     *,
-    dead_worker: str | None = None,
+    gone: Callable[[str | None], bool] = lambda _worker: False,
     resend_queued: bool = False,
 ) -> None:
     """Running jobs whose worker is gone are requeued, or failed once out of attempts.
 
-    ``dead_worker`` names a worker known to be gone (one just restarted under that name) whatever
-    its heartbeat says. With ``resend_queued`` every queued job is sent again, not only the
+    ``gone`` recognises workers known to be gone (a restarted worker's previous run) whatever
+    their heartbeat says. With ``resend_queued`` every queued job is sent again, not only the
     requeued ones: at start-up, a job may have been recorded but never sent (the API stopped in
     between). A duplicate message is harmless, since only one delivery can claim the job.
     """
     requeued, failed = store.recover_orphans(
-        settings.stale_after_s, settings.max_attempts, dead_worker=dead_worker
+        settings.stale_after_s, settings.max_attempts, gone=gone
     )
     for job_id in store.queued_ids() if resend_queued else requeued:
         queue.enqueue(job_id)

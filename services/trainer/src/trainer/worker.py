@@ -7,8 +7,9 @@ after a crash), so a job runs only for the delivery that atomically claims it.
 from __future__ import annotations
 
 import logging
-import socket
+import os
 import threading
+import uuid
 from functools import cache
 from typing import Any
 
@@ -20,7 +21,7 @@ from mlops_common.http import make_sync_client
 from mlops_common.logging import configure_logging
 from mlops_common.storage import ObjectStore
 
-from trainer.jobs import MIGRATIONS, VERSION_TABLE, JobStore
+from trainer.jobs import MIGRATIONS, VERSION_TABLE, JobStore, WorkerIdentity, pid_alive
 from trainer.queue import TASK_NAME, CeleryQueue, make_celery, recover_jobs
 from trainer.schemas import TrainRequest
 from trainer.settings import TrainerSettings
@@ -63,8 +64,13 @@ def _runtime() -> tuple[JobStore, Trainer]:
     return JobStore(make_engine(url, settings.db.pool_size)), trainer
 
 
-def _worker_name() -> str:
-    return f"trainer@{socket.gethostname()}"
+# Set when the worker's main process imports this module; its pool processes inherit them.
+_WORKER_PID = os.getpid()
+_INCARNATION = uuid.uuid4().hex[:8]
+
+
+def _identity() -> WorkerIdentity:
+    return WorkerIdentity.current(_WORKER_PID, _INCARNATION)
 
 
 @signals.setup_logging.connect
@@ -80,7 +86,7 @@ def _recover(**_: Any) -> None:
         store,
         CeleryQueue(celery_app),
         settings,
-        dead_worker=_worker_name(),
+        gone=lambda owner: _identity().knows_gone(owner, pid_alive),
         resend_queued=True,
     )
 
@@ -88,7 +94,8 @@ def _recover(**_: Any) -> None:
 @celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
 def train_job(job_id: str) -> str:
     store, trainer = _runtime()
-    job = store.claim(job_id, _worker_name())
+    me = str(_identity())
+    job = store.claim(job_id, me)
     if job is None:
         # Already taken by another delivery, or finished: nothing to do.
         return "skipped"
@@ -99,17 +106,18 @@ def train_job(job_id: str) -> str:
     try:
         result = trainer.run(TrainRequest.model_validate(job.request), job_id)
     except JobFailed as exc:
-        store.fail(job_id, str(exc))
+        _report(store.fail(job_id, me, str(exc)), job_id)
         log.error("job %s failed: %s", job_id, exc)
         return "failed"
     except Exception as exc:
-        store.fail(job_id, f"{type(exc).__name__}: {exc}")
+        _report(store.fail(job_id, me, f"{type(exc).__name__}: {exc}"), job_id)
         log.exception("job %s failed", job_id)
         return "failed"
     finally:
         stop.set()
-    store.succeed(
+    recorded = store.succeed(
         job_id,
+        me,
         run_id=result.run_id,
         model_version=result.model_version,
         task=result.task,
@@ -118,8 +126,18 @@ def train_job(job_id: str) -> str:
         promoted=result.promoted,
         promotion=result.promotion,
     )
+    _report(recorded, job_id)
     log.info("job %s succeeded: %s v%d", job_id, job.model_name, result.model_version)
     return "succeeded"
+
+
+def _report(recorded: bool, job_id: str) -> None:
+    if not recorded:
+        log.warning(
+            "job %s: this attempt no longer owns the job (it was taken for lost and requeued); "
+            "the attempt that owns it records the outcome",
+            job_id,
+        )
 
 
 def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:

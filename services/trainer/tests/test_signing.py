@@ -96,3 +96,21 @@ def test_a_model_that_changed_in_the_store_before_signing_is_not_registered(
     with pytest.raises(RuntimeError, match="does not predict as the fitted one"):
         _trainer(tracking).run(request, "job-tampered")
     assert tracking.search_model_versions("name='iris-tampered'") == []
+
+
+def test_a_retried_job_registers_no_second_version(tracking: MlflowClient) -> None:
+    """A retry after its first attempt registered (then crashed) finishes that version."""
+    request = TrainRequest.model_validate(
+        {"model_name": "iris-once", "dataset": {"builtin": "iris"}}
+    )
+    first = _trainer(tracking).run(request, "job-once")
+    retried = _trainer(tracking).run(request, "job-once")
+    other = _trainer(tracking).run(request, "job-other")
+
+    versions = tracking.search_model_versions("name='iris-once'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert (retried.model_version, retried.run_id) == (first.model_version, first.run_id)
+    assert retried.metrics == first.metrics and retried.task == "classification"
+    assert other.model_version == 2
+    by_version = {int(v.version): v.tags.get("mlops.job_id") for v in versions}
+    assert by_version == {1: "job-once", 2: "job-other"}

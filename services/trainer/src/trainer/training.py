@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from trainer.schemas import Promotion, TrainRequest
 
 log = logging.getLogger(__name__)
 
+# On every version the trainer registers: the job that made it, so a retry finds it.
+JOB_TAG = "mlops.job_id"
 # Pinned so log_model does not spend ~17 s guessing requirements from the environment.
 PIP_REQUIREMENTS = ["scikit-learn", "pandas", "numpy", "skops"]
 
@@ -108,6 +110,12 @@ class Trainer:
         def step(message: str) -> None:
             log.info("job %s: %s (+%.1fs)", job_id, message, time.monotonic() - started)
 
+        # A retry (after a crash, a timeout or a database error) whose earlier attempt already
+        # registered a version finishes that one: one version per job, whatever happened.
+        earlier = self.registered_by(request.model_name, job_id)
+        if earlier is not None:
+            step(f"an earlier attempt registered {request.model_name} v{earlier.model_version}")
+            return self._finish(request, earlier, job_id, step)
         try:
             data = self.load(request)
         except Unprocessable as exc:
@@ -179,17 +187,57 @@ class Trainer:
             registered = mlflow.register_model(
                 info.model_uri,
                 request.model_name,
-                tags={"mlops.manifest_sha256": manifest.digest, "mlops.signed_by": manifest.key_id},
+                tags={
+                    "mlops.manifest_sha256": manifest.digest,
+                    "mlops.signed_by": manifest.key_id,
+                    JOB_TAG: job_id,
+                },
             )
             version = int(registered.version)
         step(f"registered {request.model_name} v{version}")
         result = TrainingResult(task, algorithm_name, run.info.run_id, version, metrics)
+        return self._finish(request, result, job_id, step)
+
+    def _finish(
+        self,
+        request: TrainRequest,
+        result: TrainingResult,
+        job_id: str,
+        step: Callable[[str], None],
+    ) -> TrainingResult:
         if request.promote is not None:
             result.promoted, result.promotion = self.promote(
-                request.model_name, version, task, metrics, request.promote, job_id
+                request.model_name,
+                result.model_version,
+                result.task,
+                result.metrics,
+                request.promote,
+                job_id,
             )
             step(f"promotion: {result.promotion['reason']}")
         return result
+
+    def registered_by(self, model_name: str, job_id: str) -> TrainingResult | None:
+        """The version an earlier attempt of ``job_id`` registered, with its run's results."""
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            return None
+        runs = self.client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`trainer.job_id` = '{job_id}'"
+        )
+        for run in runs:
+            versions = self.client.search_model_versions(f"run_id = '{run.info.run_id}'")
+            mine = [v for v in versions if v.name == model_name]
+            if mine:
+                params = run.data.params
+                return TrainingResult(
+                    task=params["task"],  # type: ignore[arg-type]
+                    algorithm=params["algorithm"],
+                    run_id=run.info.run_id,
+                    model_version=min(int(v.version) for v in mine),
+                    metrics=dict(run.data.metrics),
+                )
+        return None
 
     def sign(
         self, info: ModelInfo, model_name: str, run_id: str, pipeline: Any, check: pd.DataFrame
@@ -251,6 +299,9 @@ class Trainer:
             if current.status_code != 404:
                 current.raise_for_status()
                 holder = current.json()
+        if holder is not None and int(holder["version"]) == version:
+            # An earlier attempt of this job moved it already: moved once, not again.
+            return True, {**decision, "reason": f"{spec.alias} already points to v{version}"}
         if holder is not None:
             theirs = self.client.get_run(holder["run_id"]).data.metrics.get(metric)
             decision.update(current_version=holder["version"], current_value=theirs)

@@ -166,23 +166,18 @@ def ships_code(marker: Path) -> Any:
     code = marker.parent / "evil_code"
     code.mkdir()
     (code / "evil_mod.py").write_text(f"import os\nos.mkdir({str(marker)!r})\n")
+    return well_formed(marker, code_paths=[str(code)])
+
+
+def well_formed(marker: Path, **extra: Any) -> Any:
+    """A skops model as the trainer saves it (``extra``: what an attacker adds to it)."""
     model, features = _iris_pipeline()
     return _log(
         model,
         input_example=features.head(2),
         serialization_format="skops",
         skops_trusted_types=list(PLATFORM_TRUSTED_TYPES),
-        code_paths=[str(code)],
-    )
-
-
-def well_formed(marker: Path) -> Any:
-    model, features = _iris_pipeline()
-    return _log(
-        model,
-        input_example=features.head(2),
-        serialization_format="skops",
-        skops_trusted_types=list(PLATFORM_TRUSTED_TYPES),
+        **extra,
     )
 
 

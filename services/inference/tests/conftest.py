@@ -29,7 +29,7 @@ from inference.settings import InferenceSettings
 from mlops_common.http import make_async_client
 from mlops_common.settings import S3Settings
 from mlops_common.signing import SIGNATURE_FILE, ManifestSigner, ManifestVerifier, generate_key_pair
-from mlops_common.storage import S3Uri, StoredObject
+from mlops_common.storage import ObjectTooLarge, S3Uri, StoredObject
 from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 from pydantic import SecretStr
 
@@ -214,8 +214,11 @@ class FakeStore:
                 return files[uri.key]
         raise FileNotFoundError(str(uri))
 
-    def get_bytes(self, uri: S3Uri) -> bytes:
-        return self._path(uri).read_bytes()
+    def get_bytes(self, uri: S3Uri, max_bytes: int | None = None) -> bytes:
+        data = self._path(uri).read_bytes()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLarge(uri, len(data))
+        return data
 
     def download_file(self, uri: S3Uri, filename: str) -> None:
         self.downloaded_keys.append(uri.key)

@@ -36,7 +36,7 @@ from mlops_common.signing import (
     check_files,
     check_sizes,
 )
-from mlops_common.storage import S3Uri, S3UriError, StoredObject
+from mlops_common.storage import ObjectTooLarge, S3Uri, S3UriError, StoredObject
 
 from inference.errors import ModelLoadError, ModelRejected, describe_exception
 from inference.safe_load import unsafe_relative_path
@@ -49,7 +49,7 @@ class ArtifactSource(Protocol):
 
     def list_objects(self, prefix: S3Uri) -> list[StoredObject]: ...
 
-    def get_bytes(self, uri: S3Uri) -> bytes: ...
+    def get_bytes(self, uri: S3Uri, max_bytes: int | None = None) -> bytes: ...
 
     def download_file(self, uri: S3Uri, filename: str) -> None: ...
 
@@ -156,7 +156,10 @@ class ArtifactCache:
         if envelope.size > MAX_ENVELOPE_BYTES:
             raise ModelRejected(f"refused: {SIGNATURE_FILE} is {envelope.size} bytes")
         try:
-            data = self._source.get_bytes(S3Uri(bucket, envelope.key))
+            # Bounded again: the object may have been replaced since it was listed.
+            data = self._source.get_bytes(S3Uri(bucket, envelope.key), MAX_ENVELOPE_BYTES)
+        except ObjectTooLarge as exc:
+            raise ModelRejected(f"refused: {SIGNATURE_FILE} is {exc.size} bytes or more") from None
         except Exception as exc:
             raise ModelLoadError(
                 f"reading {SIGNATURE_FILE} failed: {describe_exception(exc)}"

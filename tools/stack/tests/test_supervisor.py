@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from mlops_common.http import wait_until
 from mlops_stack.components import Component
 from mlops_stack.config import Paths
 from mlops_stack.state import StackState
@@ -378,3 +379,66 @@ def test_a_stop_during_a_backoff_ends_it_without_a_restart(
     watcher.join(GUARD_S)
     assert not watcher.is_alive()
     assert len(launcher.launched) == 1
+
+
+def test_a_held_component_stays_stopped_until_released_and_costs_no_restart(
+    paths: Paths, launcher: Launcher, clock: FakeClock
+) -> None:
+    supervisor = supervise(paths, launcher, clock, fake("db"))
+    watcher = watch(supervisor, "db")
+    assert launcher.process("db").watched.wait(GUARD_S)
+
+    # What `mlops stop db` does: hold it, then ask it to stop.
+    paths.held("db").parent.mkdir(exist_ok=True)
+    paths.held("db").touch()
+    launcher.process("db").exit(0)
+
+    def status() -> str:
+        state = StackState.read(paths.state_file)
+        assert state is not None
+        return state.components["db"].status
+
+    assert wait_until(lambda: status() == "stopped", GUARD_S, interval_s=0.01)
+    # Held for a while of the supervisor's time (it polls for the release on its clock).
+    assert wait_until(lambda: clock.now() >= 60.0, GUARD_S, interval_s=0.01)
+    assert status() == "stopped"
+    assert "mlops start db" in (supervisor.state.components["db"].error or "")
+    assert len(launcher.of("db")) == 1
+
+    paths.held("db").unlink()  # `mlops start db`
+    assert launcher.process("db", 2).watched.wait(GUARD_S)
+    assert status() == "healthy"
+    db = supervisor.state.components["db"]
+    assert db.restarts == 0 and clock.backoffs == []
+    supervisor.stop_all()
+    watcher.join(GUARD_S)
+    assert not watcher.is_alive()
+
+
+def test_a_hold_left_by_an_earlier_run_is_cleared_at_start(
+    paths: Paths, launcher: Launcher, clock: FakeClock
+) -> None:
+    paths.held("db").parent.mkdir(exist_ok=True)
+    paths.held("db").touch()
+    supervisor = supervise(paths, launcher, clock, fake("db"))
+    runner = threading.Thread(target=supervisor.run)
+    # run() installs signal handlers, which only the main thread may do.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(signal, "signal", lambda *_: None)
+        runner.start()
+        assert launcher.process("db").watched.wait(GUARD_S)
+        assert not paths.held("db").exists()
+        supervisor.stopping.set()
+        runner.join(GUARD_S)
+    assert not runner.is_alive()
+
+
+def test_stop_uses_the_components_own_stop_signal(
+    paths: Paths, launcher: Launcher, clock: FakeClock
+) -> None:
+    postgres = fake("postgres")
+    postgres.stop_signal = signal.SIGINT
+    supervisor = supervise(paths, launcher, clock, postgres)
+    supervisor.bring_up()
+    supervisor.stop_all()
+    assert launcher.signals[0] == ("postgres", signal.SIGINT)

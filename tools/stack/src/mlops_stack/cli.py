@@ -1,7 +1,7 @@
 """``mlops``: run the platform as supervised local processes.
 
 mlops up | down | status | logs COMPONENT | env | token create|list|revoke
-      | signing-key show|rotate|retire
+      | signing-key show|rotate|retire | stop|start|restart COMPONENT
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from pathlib import Path
 
 import psutil
 from mlops_common.auth import TokenInfo, TokenStore
+from mlops_common.http import wait_until
 
-from mlops_stack.components import PROFILES, PYTHON_ENV, Stack
+from mlops_stack.components import PROFILES, PYTHON_ENV, Component, Stack
 from mlops_stack.config import PRIVATE_UMASK, Paths, StackSecrets, StackSettings, make_private
 from mlops_stack.demo import ensure_demo_model
 from mlops_stack.state import StackState, pid_alive, tail
+from mlops_stack.supervisor import STOP_GRACE_S
 
 
 def _out(line: str = "") -> None:
@@ -251,6 +253,68 @@ class Cli:
             rows.append((comp.name, comp.url, status, pid, restarts))
         _rows(rows)
 
+    # ---- one component -----------------------------------------------------------------------
+    def hold(self, name: str) -> int:
+        """Stop one component cleanly and keep it stopped (maintenance, or a fault drill)."""
+        comp = self._running_component(name)
+        if comp is None:
+            return 2
+        held = self.paths.held(name)
+        held.parent.mkdir(mode=0o700, exist_ok=True)
+        held.touch()
+        pid = self._component_pid(name)
+        if pid is not None:
+            os.killpg(pid, comp.stop_signal)
+        if not self._until_status(name, "stopped", STOP_GRACE_S):
+            pid = self._component_pid(name)
+            _out(f"{name} did not stop in {STOP_GRACE_S:.0f}s; killing it")
+            if pid is not None:
+                os.killpg(pid, signal.SIGKILL)
+            if not self._until_status(name, "stopped", 10):
+                _err(f"{name} is still running; see `mlops logs {name}`")
+                return 1
+        _out(f"{name} stopped; `mlops start {name}` starts it again")
+        return 0
+
+    def release(self, name: str) -> int:
+        """Start a component ``hold`` stopped, and wait until it is healthy."""
+        comp = self._running_component(name)
+        if comp is None:
+            return 2
+        self.paths.held(name).unlink(missing_ok=True)
+        if not self._until_status(name, "healthy", comp.start_timeout_s + 5):
+            _err(f"{name} is not healthy; see `mlops logs {name}`")
+            return 1
+        _out(f"{name} healthy")
+        return 0
+
+    def restart(self, name: str) -> int:
+        status = self.hold(name)
+        return status if status else self.release(name)
+
+    def _running_component(self, name: str) -> Component | None:
+        components = self.stack().components()
+        names = [c.name for c in components]
+        if name not in names:
+            _err(f"unknown component {name!r}; choose one of: {', '.join(names)}")
+            return None
+        if self.supervisor_pid() is None:
+            _err("the stack is not running")
+            return None
+        return next(c for c in components if c.name == name)
+
+    def _component_pid(self, name: str) -> int | None:
+        state = StackState.read(self.paths.state_file)
+        pid = state.components[name].pid if state and name in state.components else None
+        return pid if pid_alive(pid) else None
+
+    def _until_status(self, name: str, status: str, timeout_s: float) -> bool:
+        def reached() -> bool:
+            state = StackState.read(self.paths.state_file)
+            return state is not None and state.components[name].status == status
+
+        return wait_until(reached, timeout_s, interval_s=0.1)
+
     def logs(self, component: str, lines: int, follow: bool) -> int:
         names = [*self.stack().all_components(), "supervisor"]
         if component not in names:
@@ -425,6 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.add_argument("-n", "--lines", type=int, default=100)
     logs.add_argument("-f", "--follow", action="store_true")
     sub.add_parser("env", help="print export lines a client needs")
+    for verb, text in (
+        ("stop", "stop one component and keep it stopped until `mlops start`"),
+        ("start", "start a component `mlops stop` stopped; waits until it is healthy"),
+        ("restart", "stop one component cleanly and start it again"),
+    ):
+        sub.add_parser(verb, help=text).add_argument("component")
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     token_sub = token.add_subparsers(dest="action", required=True)
     create = token_sub.add_parser("create", help="create a token and print it (only once)")
@@ -463,6 +533,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.down()
     if args.command == "status":
         return cli.status()
+    if args.command == "stop":
+        return cli.hold(args.component)
+    if args.command == "start":
+        return cli.release(args.component)
+    if args.command == "restart":
+        return cli.restart(args.component)
     if args.command == "logs":
         return cli.logs(args.component, args.lines, args.follow)
     if args.command == "token":

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import time
@@ -110,6 +111,8 @@ class Component:
     user: pwd.struct_passwd | None = None
     # Seconds a healthy start may take (MLflow and the trainer import heavy libraries).
     start_timeout_s: float = 90.0
+    # What asks it to stop cleanly (PostgreSQL's SIGTERM would wait for every client to leave).
+    stop_signal: int = signal.SIGTERM
 
 
 def with_dependencies(components: Mapping[str, Component], names: Iterable[str]) -> set[str]:
@@ -570,6 +573,8 @@ class Stack:
             prepare=prepare,
             after_healthy=create_databases,
             user=user,
+            # Fast shutdown: clients are disconnected, the data is left consistent.
+            stop_signal=signal.SIGINT,
         )
 
     # ---- Valkey ----------------------------------------------------------------------------------
@@ -1064,6 +1069,10 @@ class Stack:
             "AIRFLOW__API_AUTH__JWT_SECRET": sec.airflow_jwt_secret,
             # New DAG files show up within seconds, not the default five minutes.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            # A task whose worker died is failed (and retried) after 30 s, not the default 5 min;
+            # a live task heartbeats every 5 s.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(st.airflow_worker_log_port),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(st.airflow_trigger_log_port),
             "AIRFLOW_CONN_TRAINER_API": http_conn(st.trainer_port),

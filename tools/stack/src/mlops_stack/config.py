@@ -227,6 +227,15 @@ class Paths:
     def data(self, component: str) -> Path:
         return self.home / "data" / component
 
+    @property
+    def held_dir(self) -> Path:
+        return self.run / "held"
+
+    def held(self, component: str) -> Path:
+        """Present while ``mlops stop`` holds ``component`` down: the supervisor does not
+        restart it until ``mlops start`` removes the file."""
+        return self.held_dir / component
+
     def log(self, component: str) -> Path:
         return self.logs / f"{component}.log"
 

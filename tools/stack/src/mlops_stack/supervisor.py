@@ -238,6 +238,11 @@ class Supervisor:
             code = self.procs[comp.name].wait()
             if self.stopping.is_set():
                 return
+            if self.paths.held(comp.name).exists():
+                # Stopped on purpose (`mlops stop`): back when released, outside the crash budget.
+                if not self._hold(comp):
+                    return
+                continue
             now = self.clock.now()
             recent = [t for t in recent if now - t < RESTART_WINDOW_S]
             if len(recent) >= MAX_RESTARTS:
@@ -262,12 +267,32 @@ class Supervisor:
                 continue
             self._set(comp.name, "healthy")
 
+    def _hold(self, comp: Component) -> bool:
+        """Keep ``comp`` stopped while it is held, then start it again. False once the stack
+        is stopping."""
+        self._set(comp.name, "stopped", f"held by `mlops stop`; `mlops start {comp.name}`")
+        while self.paths.held(comp.name).exists():
+            if self.clock.sleep(PROBE_INTERVAL_S, self.stopping):
+                return False
+        self._set(comp.name, "starting")
+        try:
+            self._until_healthy(comp, self._spawn(comp))
+        except Exception as exc:
+            if self.stopping.is_set():
+                return False
+            # From here on an ordinary failed restart: the next exit goes through the backoff.
+            self._set(comp.name, "restarting", str(exc))
+            self.procs[comp.name].signal_group(signal.SIGKILL)
+            return True
+        self._set(comp.name, "healthy")
+        return True
+
     def stop_one(self, comp: Component) -> None:
         with self.lock:
             proc = self.procs.get(comp.name)
         if proc is None or proc.poll() is not None:
             return
-        proc.signal_group(signal.SIGTERM)
+        proc.signal_group(comp.stop_signal)
         try:
             proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -312,6 +337,9 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        # A hold left by an earlier run would keep a component down after its first exit.
+        for held in self.paths.held_dir.glob("*"):
+            held.unlink(missing_ok=True)
         self._phase("starting")
         try:
             self.bring_up()

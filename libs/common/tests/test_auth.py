@@ -85,6 +85,73 @@ def test_a_database_failure_is_a_503_not_a_refusal(tmp_path: Path) -> None:
         asyncio.run(verifier.verify("Bearer mlops_" + "a" * 43))
 
 
+def test_tokens_seen_valid_outlive_an_outage_of_the_source_within_the_grace() -> None:
+    clock = Clock()
+    answers: dict[str, Principal | None] = {
+        "mlops_known": Principal("known", frozenset({"predict"}), "*"),
+        "mlops_stranger": None,
+    }
+    down = False
+
+    async def source(token: str) -> Principal | None:
+        if down:
+            raise ServiceUnavailable("cannot check the token: the gateway is unreachable")
+        return answers.get(token)
+
+    verifier = TokenVerifier(source, ttl_s=5.0, stale_grace_s=60.0, clock=clock)
+
+    async def verdict(token: str) -> str:
+        try:
+            return (await verifier.verify(f"Bearer {token}")).name
+        except (Unauthorized, ServiceUnavailable) as exc:
+            return type(exc).__name__
+
+    async def scenario() -> list[str]:
+        nonlocal down
+        seen = [await verdict("mlops_known"), await verdict("mlops_stranger")]
+        down = True
+        clock.now += 30  # past the TTL: the source is asked, and is down
+        seen += [await verdict("mlops_known"), await verdict("mlops_stranger")]
+        seen.append(await verdict("mlops_never_seen"))
+        clock.now += 31  # past the grace
+        seen.append(await verdict("mlops_known"))
+        down = False
+        seen.append(await verdict("mlops_known"))
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        "known",
+        "Unauthorized",
+        "known",  # served through the outage
+        "ServiceUnavailable",  # an unknown token is never let through
+        "ServiceUnavailable",
+        "ServiceUnavailable",  # the grace is over
+        "known",
+    ]
+
+
+def test_without_a_grace_an_outage_of_the_source_is_a_503() -> None:
+    clock = Clock()
+    calls = 0
+
+    async def source(_: str) -> Principal | None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise ServiceUnavailable("down")
+        return Principal("known", frozenset({"predict"}), "*")
+
+    verifier = TokenVerifier(source, ttl_s=5.0, clock=clock)
+
+    async def scenario() -> None:
+        await verifier.verify("Bearer mlops_known")
+        clock.now += 6
+        await verifier.verify("Bearer mlops_known")
+
+    with pytest.raises(ServiceUnavailable):
+        asyncio.run(scenario())
+
+
 def test_scopes_admin_and_model_globs() -> None:
     churn = Principal("c", frozenset({"predict"}), "churn*")
     churn.require("predict", "churn-eu")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -36,6 +37,8 @@ from mlops_common.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "mlops_"  # noqa: S105 - a prefix that makes leaked tokens findable, not a secret
 SCOPES: tuple[str, ...] = (
@@ -362,6 +365,11 @@ class TokenVerifier:
     Valid tokens are remembered for ``ttl_s`` (the longest a revocation takes to bite), unknown
     ones for ``negative_ttl_s`` so a flood of bad tokens cannot flood the source. Concurrent
     first requests with one token share a single lookup.
+
+    With ``stale_grace_s``, a token found valid within that many seconds is still accepted while
+    the source is unavailable (``ServiceUnavailable``): callers keep being served through an
+    outage of the token store. During such an outage a revocation bites only once the source
+    answers again or the grace runs out. Unknown tokens are never let through this way.
     """
 
     def __init__(
@@ -370,16 +378,20 @@ class TokenVerifier:
         *,
         ttl_s: float = 5.0,
         negative_ttl_s: float = 1.0,
+        stale_grace_s: float = 0.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._ttl = ttl_s
         self._negative_ttl = negative_ttl_s
+        self._stale_grace = stale_grace_s
         self._max = max_entries
         self._clock = clock
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # token -> (fresh until, principal, when it was last found valid)
+        self._cache: dict[str, tuple[float, Principal | None, float]] = {}
         self._pending: dict[str, asyncio.Future[Principal | None]] = {}
+        self._outage_logged = False
 
     async def verify(self, authorization: str | None) -> Principal:
         """The principal behind an ``Authorization`` header value, else a 401."""
@@ -389,7 +401,10 @@ class TokenVerifier:
         if hit is not None and hit[0] > now:
             principal = hit[1]
         else:
-            principal = await self._lookup(token, now)
+            try:
+                principal = await self._lookup(token, now)
+            except ServiceUnavailable as exc:
+                principal = self._stale(hit, now, exc)
         if principal is None:
             raise Unauthorized("the token is unknown, expired or revoked", invalid_token=True)
         if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
@@ -413,19 +428,40 @@ class TokenVerifier:
         finally:
             self._pending.pop(token, None)
         future.set_result(principal)
+        if self._outage_logged:
+            log.info("token checks answer again")
+            self._outage_logged = False
         if len(self._cache) >= self._max:
             self._evict(now)
         ttl = self._ttl if principal is not None else self._negative_ttl
-        self._cache[token] = (now + ttl, principal)
+        self._cache[token] = (now + ttl, principal, now)
         return principal
+
+    def _stale(
+        self,
+        hit: tuple[float, Principal | None, float] | None,
+        now: float,
+        unavailable: ServiceUnavailable,
+    ) -> Principal:
+        """The last verdict on a token while the source is down: valid within the grace only."""
+        if hit is None or hit[1] is None or now - hit[2] > self._stale_grace:
+            raise unavailable
+        if not self._outage_logged:
+            log.warning(
+                "token checks are unavailable; accepting tokens found valid in the last %.0fs",
+                self._stale_grace,
+            )
+            self._outage_logged = True
+        return hit[1]
 
     def forget(self, name: str) -> None:
         """Drop what is remembered about the tokens of ``name`` (after a local revocation)."""
-        for key in [k for k, (_, p) in self._cache.items() if p is not None and p.name == name]:
+        for key in [k for k, (_, p, _) in self._cache.items() if p is not None and p.name == name]:
             del self._cache[key]
 
     def _evict(self, now: float) -> None:
-        for key in [k for k, (until, _) in self._cache.items() if until <= now]:
+        grace = self._stale_grace
+        for key in [k for k, (until, _, _) in self._cache.items() if until <= now - grace]:
             del self._cache[key]
         if len(self._cache) >= self._max:
             self._cache.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -128,6 +129,48 @@ def test_tokens_seen_valid_outlive_an_outage_of_the_source_within_the_grace() ->
         "ServiceUnavailable",  # the grace is over
         "known",
     ]
+
+
+def test_a_restarted_service_remembers_valid_tokens_from_its_snapshot(tmp_path: Path) -> None:
+    snapshot = tmp_path / "cache" / "token-verdicts.json"
+    wall = Clock()
+    wall.now = 1_000_000.0
+    secret = "mlops_" + "s" * 43
+
+    async def up(token: str) -> Principal | None:
+        return Principal("caller", frozenset({"predict"}), "churn*") if token == secret else None
+
+    async def down(_: str) -> Principal | None:
+        raise ServiceUnavailable("cannot check the token: the gateway is unreachable")
+
+    def verifier(source: Any) -> TokenVerifier:
+        return TokenVerifier(source, stale_grace_s=300.0, snapshot=snapshot, wall_clock=wall)
+
+    async def verdict(v: TokenVerifier, token: str) -> str:
+        try:
+            principal = await v.verify(f"Bearer {token}")
+        except (Unauthorized, ServiceUnavailable) as exc:
+            return type(exc).__name__
+        return f"{principal.name} {principal.models}"
+
+    async def scenario() -> list[str]:
+        seen = [await verdict(verifier(up), secret)]
+        wall.now += 200  # restarted while the source is down, within the grace
+        restarted = verifier(down)
+        seen.append(await verdict(restarted, secret))
+        seen.append(await verdict(restarted, "mlops_" + "x" * 43))
+        wall.now += 101  # past the grace
+        seen.append(await verdict(verifier(down), secret))
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        "caller churn*",
+        "caller churn*",
+        "ServiceUnavailable",
+        "ServiceUnavailable",
+    ]
+    assert snapshot.stat().st_mode & 0o777 == 0o600
+    assert secret not in snapshot.read_text()
 
 
 def test_without_a_grace_an_outage_of_the_source_is_a_503() -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Annotated, Protocol
 
 import sqlalchemy as sa
@@ -370,6 +373,10 @@ class TokenVerifier:
     the source is unavailable (``ServiceUnavailable``): callers keep being served through an
     outage of the token store. During such an outage a revocation bites only once the source
     answers again or the grace runs out. Unknown tokens are never let through this way.
+
+    With a ``snapshot`` file as well, those verdicts (token hashes, never tokens, and what each
+    token may do) are kept on disk, private to the service's user, so a service restarted
+    during the outage still serves the callers it served just before.
     """
 
     def __init__(
@@ -379,8 +386,10 @@ class TokenVerifier:
         ttl_s: float = 5.0,
         negative_ttl_s: float = 1.0,
         stale_grace_s: float = 0.0,
+        snapshot: Path | None = None,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._source = source
         self._ttl = ttl_s
@@ -392,6 +401,12 @@ class TokenVerifier:
         self._cache: dict[str, tuple[float, Principal | None, float]] = {}
         self._pending: dict[str, asyncio.Future[Principal | None]] = {}
         self._outage_logged = False
+        self._wall = wall_clock
+        self._snapshot = snapshot if stale_grace_s > 0 else None
+        # token hash -> (principal, wall time it was last found valid); from the snapshot file
+        self._remembered: dict[str, tuple[Principal, float]] = (
+            _read_snapshot(self._snapshot) if self._snapshot else {}
+        )
 
     async def verify(self, authorization: str | None) -> Principal:
         """The principal behind an ``Authorization`` header value, else a 401."""
@@ -404,7 +419,7 @@ class TokenVerifier:
             try:
                 principal = await self._lookup(token, now)
             except ServiceUnavailable as exc:
-                principal = self._stale(hit, now, exc)
+                principal = self._stale(token, hit, now, exc)
         if principal is None:
             raise Unauthorized("the token is unknown, expired or revoked", invalid_token=True)
         if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
@@ -435,16 +450,42 @@ class TokenVerifier:
             self._evict(now)
         ttl = self._ttl if principal is not None else self._negative_ttl
         self._cache[token] = (now + ttl, principal, now)
+        if self._snapshot is not None and principal is not None:
+            await self._remember(token, principal)
         return principal
+
+    async def _remember(self, token: str, principal: Principal) -> None:
+        key, wall = token_hash(token), self._wall()
+        known = self._remembered.get(key)
+        # Rewritten when a verdict is new or changed, or a quarter of the grace old: the file
+        # stays fresh enough without a write per lookup.
+        if known and known[0] == principal and wall - known[1] < self._stale_grace / 4:
+            return
+        self._remembered[key] = (principal, wall)
+        cutoff = wall - self._stale_grace
+        self._remembered = {k: v for k, v in self._remembered.items() if v[1] >= cutoff}
+        assert self._snapshot is not None
+        try:
+            await asyncio.to_thread(_write_snapshot, self._snapshot, dict(self._remembered))
+        except OSError as exc:
+            log.warning("cannot keep token verdicts in %s: %s", self._snapshot, exc)
 
     def _stale(
         self,
+        token: str,
         hit: tuple[float, Principal | None, float] | None,
         now: float,
         unavailable: ServiceUnavailable,
     ) -> Principal:
         """The last verdict on a token while the source is down: valid within the grace only."""
-        if hit is None or hit[1] is None or now - hit[2] > self._stale_grace:
+        principal: Principal | None = None
+        if hit is not None and hit[1] is not None and now - hit[2] <= self._stale_grace:
+            principal = hit[1]
+        elif self._remembered:
+            known = self._remembered.get(token_hash(token))
+            if known is not None and self._wall() - known[1] <= self._stale_grace:
+                principal = known[0]
+        if principal is None:
             raise unavailable
         if not self._outage_logged:
             log.warning(
@@ -452,12 +493,16 @@ class TokenVerifier:
                 self._stale_grace,
             )
             self._outage_logged = True
-        return hit[1]
+        return principal
 
     def forget(self, name: str) -> None:
         """Drop what is remembered about the tokens of ``name`` (after a local revocation)."""
         for key in [k for k, (_, p, _) in self._cache.items() if p is not None and p.name == name]:
             del self._cache[key]
+        for key in [k for k, (p, _) in self._remembered.items() if p.name == name]:
+            del self._remembered[key]
+        if self._snapshot is not None:
+            _write_snapshot(self._snapshot, dict(self._remembered))
 
     def _evict(self, now: float) -> None:
         grace = self._stale_grace
@@ -465,6 +510,53 @@ class TokenVerifier:
             del self._cache[key]
         if len(self._cache) >= self._max:
             self._cache.clear()
+
+
+def _read_snapshot(path: Path) -> dict[str, tuple[Principal, float]]:
+    """Verdicts a previous run kept; a missing or unreadable file is an empty memory."""
+    try:
+        raw = json.loads(path.read_text())
+        return {
+            key: (
+                Principal(
+                    name=str(entry["name"]),
+                    scopes=frozenset(entry["scopes"]),
+                    models=str(entry["models"]),
+                    expires_at=(
+                        datetime.fromisoformat(entry["expires_at"]) if entry["expires_at"] else None
+                    ),
+                ),
+                float(entry["seen"]),
+            )
+            for key, entry in raw["verdicts"].items()
+        }
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the token verdicts in %s: %s", path, exc)
+        return {}
+
+
+def _write_snapshot(path: Path, verdicts: dict[str, tuple[Principal, float]]) -> None:
+    body = {
+        "verdicts": {
+            key: {
+                "name": p.name,
+                "scopes": sorted(p.scopes),
+                "models": p.models,
+                "expires_at": p.expires_at.isoformat() if p.expires_at else None,
+                "seen": seen,
+            }
+            for key, (p, seen) in verdicts.items()
+        }
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    # Private from the first byte: what each token may do is nobody else's business.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(body, fh)
+    os.replace(partial, path)
 
 
 def bearer_token(authorization: str | None) -> str:

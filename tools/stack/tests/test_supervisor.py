@@ -57,6 +57,9 @@ class FakeProcess:
         assert self.returncode is not None
         return self.returncode
 
+    def send_signal(self, sig: int) -> None:
+        self.signal_group(sig)  # the fake has no children
+
     def signal_group(self, signum: int) -> None:
         self._signals.append((self.name, signum))
         if self.returncode is None and (signum == signal.SIGKILL or not self._ignores_sigterm):

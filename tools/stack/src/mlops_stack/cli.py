@@ -264,7 +264,8 @@ class Cli:
         held.touch()
         pid = self._component_pid(name)
         if pid is not None:
-            os.killpg(pid, comp.stop_signal)
+            # The leader only, as the supervisor stops it (its children go with it).
+            os.kill(pid, comp.stop_signal)
         if not self._until_status(name, "stopped", STOP_GRACE_S):
             pid = self._component_pid(name)
             _out(f"{name} did not stop in {STOP_GRACE_S:.0f}s; killing it")

@@ -52,6 +52,8 @@ class Process(Protocol):
 
     def wait(self, timeout: float | None = None) -> int: ...
 
+    def send_signal(self, sig: int) -> None: ...
+
     def signal_group(self, signum: int) -> None: ...
 
 
@@ -292,7 +294,9 @@ class Supervisor:
             proc = self.procs.get(comp.name)
         if proc is None or proc.poll() is not None:
             return
-        proc.signal_group(comp.stop_signal)
+        # To the leader only, as Docker and Kubernetes do: a Celery worker then finishes the
+        # task it runs (warm shutdown) instead of its pool processes dying mid-task.
+        proc.send_signal(comp.stop_signal)
         try:
             proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:

@@ -1,8 +1,9 @@
 """One error model for every service: a domain error carries its status code, one handler renders.
 
 Every error body is ``{"error": {"code": ..., "message": ..., "field": ...}}``; request validation
-errors list each offending field. Unexpected exceptions become a 500 without a stack trace in the
-body (the trace goes to the log).
+errors list each offending field. A database that cannot be reached is a 503 with ``Retry-After``
+(the request was fine: retry it later). Other unexpected exceptions become a 500 without a stack
+trace in the body (the trace goes to the log).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,20 @@ class UpstreamError(PlatformError):
     code = "upstream_error"
 
 
+DATABASE_UNAVAILABLE = "the database is unavailable; retry later"
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether a database error says the database cannot be used now, not that the statement is
+    wrong: the server is down, restarting or unreachable, the connection broke, no pooled
+    connection came free in time, or it gave up on the transaction (deadlock, too many
+    connections). The same request can succeed later; any other database error is a bug.
+    """
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) if parts else "body"
@@ -180,6 +197,24 @@ def install_error_handlers(app: FastAPI, *, string_error_prefixes: tuple[str, ..
         code = "not_found" if exc.status_code == 404 else "http_error"
         body = {"code": code, "message": str(exc.detail)}
         return render(request, exc.status_code, body, getattr(exc, "headers", None))
+
+    async def _database_outage(request: Request, exc: Exception) -> JSONResponse:
+        if not is_database_outage(exc):
+            raise exc  # a bug: the catch-all below logs it and answers 500
+        # One line, no trace: during an outage every request fails the same way.
+        log.warning(
+            "database unavailable on %s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
+        error = ServiceUnavailable(DATABASE_UNAVAILABLE)
+        return render(request, error.status_code, error.to_dict()["error"], error.headers())
+
+    # DBAPIError covers OperationalError and InterfaceError; the pool's timeout is no DBAPIError.
+    app.add_exception_handler(DBAPIError, _database_outage)
+    app.add_exception_handler(PoolTimeout, _database_outage)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,26 +11,85 @@ from mlops_common.auth import TokenStore
 from mlops_common.auth import metadata as auth_metadata
 from mlops_common.db import migrate
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.pool import NullPool
 from trainer.app import MIGRATIONS, VERSION_TABLE, create_app
 from trainer.jobs import JobStore
 from trainer.settings import TrainerSettings
 
+# Longest a test waits for something the code under test does in another thread.
+WAIT_S = 10.0
+
 
 class FakeQueue:
+    """A broker in memory that can be down (calls fail at once) or frozen (calls block until
+    thawed, as on a SIGSTOPped Redis whose socket timeouts have not expired yet)."""
+
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.marks: dict[str, str] = {}
+        self.worker_names = ["trainer@test"]
         self.down = False
+        self.pings = 0
+        self._thawed = threading.Event()
+        self._thawed.set()
+        self._changed = threading.Condition()
 
-    def enqueue(self, job_id: str) -> None:
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    def lose_everything(self) -> None:
+        """A broker restarted without its data: messages and marker keys are gone."""
+        self.sent.clear()
+        self.marks.clear()
+
+    def _call(self) -> None:
+        if not self._thawed.wait(WAIT_S):
+            raise TimeoutError("the fake broker stayed frozen")
         if self.down:
             raise ConnectionError("redis is down")
-        self.sent.append(job_id)
 
-    def workers(self) -> list[str]:
-        return ["trainer@test"]
+    def enqueue(self, job_id: str) -> None:
+        self._call()
+        with self._changed:
+            self.sent.append(job_id)
+            self._changed.notify_all()
 
-    def broker_ok(self) -> bool:
-        return not self.down
+    def ping(self) -> None:
+        self.pings += 1
+        self._call()
+
+    def workers(self, timeout_s: float) -> list[str]:
+        self._call()
+        return list(self.worker_names)
+
+    def read_mark(self, key: str) -> str | None:
+        self._call()
+        return self.marks.get(key)
+
+    def write_mark(self, key: str, value: str, ttl_s: int) -> None:
+        self._call()
+        self.marks[key] = value
+
+    def wait_until(self, done: Callable[[list[str]], bool]) -> bool:
+        """Whether ``done(sent)`` came true within WAIT_S (checked at every send)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: done(self.sent), WAIT_S)
+
+
+class DatabaseSwitch:
+    """Connections to the test database that fail, as to a stopped PostgreSQL, while ``down``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.down = False
+
+    def connect(self) -> sqlite3.Connection:
+        if self.down:
+            raise sqlite3.OperationalError("unable to open database file")
+        return sqlite3.connect(self.path, check_same_thread=False)
 
 
 @pytest.fixture
@@ -48,6 +109,18 @@ def engine(db_url: str) -> Engine:
     auth_metadata.create_all(engine)
     TokenStore(engine).ensure("test-admin", ADMIN_TOKEN, ["admin"])
     return engine
+
+
+@pytest.fixture
+def database(db_url: str, engine: Engine) -> DatabaseSwitch:
+    return DatabaseSwitch(db_url.removeprefix("sqlite:///"))
+
+
+@pytest.fixture
+def flaky_engine(database: DatabaseSwitch) -> Engine:
+    """The test database through ``database``: every call connects, so every call fails while
+    it is down and works again once it is up (as pre-ping does after a restart)."""
+    return create_engine("sqlite://", creator=database.connect, poolclass=NullPool)
 
 
 @pytest.fixture

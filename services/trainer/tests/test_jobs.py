@@ -2,13 +2,24 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
-from sqlalchemy import update
-from trainer.jobs import Job, JobStore, WorkerIdentity, utcnow
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, inspect, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from trainer.jobs import (
+    MIGRATIONS,
+    VERSION_TABLE,
+    Job,
+    JobStore,
+    WorkerIdentity,
+    pending_query,
+    utcnow,
+)
 from trainer.queue import recover_jobs
 from trainer.settings import TrainerSettings
-
-from .conftest import FakeQueue
 
 
 def test_only_one_delivery_claims_a_job(store: JobStore) -> None:
@@ -87,15 +98,76 @@ def test_live_jobs_are_left_alone_and_stale_ones_recovered(store: JobStore) -> N
     assert live_now is not None and live_now.status == "running"
 
 
-def test_recovery_sends_requeued_jobs_and_at_start_every_queued_one(
+def sent_by(store: JobStore) -> list[str]:
+    sent: list[str] = []
+    store.dispatch(sent.append)
+    return sent
+
+
+def test_recovery_makes_requeued_jobs_pending_and_at_start_every_queued_one(
     store: JobStore, settings: TrainerSettings
 ) -> None:
     waiting, _ = store.create("m", {"x": 1}, None)
     orphan, _ = store.create("m", {"x": 2}, None)
+    assert sorted(sent_by(store)) == sorted([waiting.id, orphan.id])
     store.claim(orphan.id, "trainer@host")
-    queue = FakeQueue()
-    recover_jobs(store, queue, settings, gone=lambda owner: owner == "trainer@host")
-    assert queue.sent == [orphan.id]
-    queue = FakeQueue()
-    recover_jobs(store, queue, settings, resend_queued=True)
-    assert sorted(queue.sent) == sorted([waiting.id, orphan.id])
+    recover_jobs(store, settings, gone=lambda owner: owner == "trainer@host")
+    assert sent_by(store) == [orphan.id]
+    recover_jobs(store, settings, resend_queued=True)
+    assert sorted(sent_by(store)) == sorted([waiting.id, orphan.id])
+
+
+def test_dispatch_sends_oldest_first_and_only_once(store: JobStore) -> None:
+    ids = [store.create("m", {"x": i}, None)[0].id for i in range(3)]
+    claimed, _ = store.create("m", {"x": 3}, None)
+    store.claim(claimed.id, "w")  # running: not the broker's business any more
+    assert store.pending_count() == 3
+    assert store.dispatch(lambda _job_id: None, limit=2) == ids[:2]
+    assert sent_by(store) == ids[2:]
+    assert sent_by(store) == []
+    assert store.pending_count() == 0
+
+
+def test_a_send_failure_keeps_the_jobs_not_sent_pending(store: JobStore) -> None:
+    ids = [store.create("m", {"x": i}, None)[0].id for i in range(3)]
+    sent: list[str] = []
+
+    def send(job_id: str) -> None:
+        if len(sent) == 1:
+            raise ConnectionError("broker gone")
+        sent.append(job_id)
+
+    with pytest.raises(ConnectionError):
+        store.dispatch(send)
+    assert sent == ids[:1]
+    assert sent_by(store) == ids[1:]
+
+
+def test_replicas_lock_the_rows_they_send_where_the_database_can_skip_them() -> None:
+    on_postgres = str(pending_query("postgresql", 10).compile(dialect=postgresql.dialect()))
+    assert on_postgres.rstrip().endswith("FOR UPDATE SKIP LOCKED")
+    on_sqlite = str(pending_query("sqlite", 10).compile(dialect=sqlite.dialect()))
+    assert "FOR UPDATE" not in on_sqlite
+
+
+def test_jobs_queued_before_the_outbox_migration_are_sent_after_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["sqlalchemy_url"] = url
+    cfg.attributes["version_table"] = VERSION_TABLE
+    command.upgrade(cfg, "0001")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO training_jobs (id, model_name, request, status, attempts, created_at)"
+                " VALUES ('old', 'm', '{}', 'queued', 0, '2026-12-01 00:00:00')"
+            )
+        )
+    command.upgrade(cfg, "head")
+    indexes = {i["name"] for i in inspect(engine).get_indexes("training_jobs")}
+    assert "ix_training_jobs_pending_dispatch" in indexes
+    assert sent_by(JobStore(engine)) == ["old"]
+    command.downgrade(cfg, "0001")
+    assert "dispatched_at" not in {c["name"] for c in inspect(engine).get_columns("training_jobs")}

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
+from trainer.app import create_app
+from trainer.settings import TrainerSettings
 
-from .conftest import FakeQueue
+from .conftest import ADMIN_TOKEN, DatabaseSwitch, FakeQueue
 
 IRIS = {"model_name": "iris", "dataset": {"builtin": "iris"}}
 
@@ -22,7 +28,22 @@ def submitted(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], outc
     return samples[("trainer_jobs_submitted_total", frozenset({("outcome", outcome)}))]
 
 
-def test_metrics_count_submissions_by_outcome(client: TestClient, queue: FakeQueue) -> None:
+@pytest.fixture
+def flaky_client(
+    settings: TrainerSettings, flaky_engine: Engine, queue: FakeQueue
+) -> Iterator[TestClient]:
+    app = create_app(
+        settings, engine=flaky_engine, queue=queue, objects=object(), run_migrations=False
+    )  # type: ignore[arg-type]
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with TestClient(app, headers=auth) as test_client:
+        yield test_client
+
+
+def test_metrics_count_submissions_by_outcome(
+    flaky_client: TestClient, queue: FakeQueue, database: DatabaseSwitch
+) -> None:
+    client = flaky_client
     before = scrape(client)
     assert [submitted(before, o) for o in ("created", "duplicate", "rejected")] == [0, 0, 0]
 
@@ -33,12 +54,16 @@ def test_metrics_count_submissions_by_outcome(client: TestClient, queue: FakeQue
     assert client.post("/v1/train", json={"dataset": {"builtin": "iris"}}).status_code == 422
     assert client.post("/v1/train", json={**IRIS, "algorithm": "xgboost"}).status_code == 422
     assert client.post("/v1/train", json={**keyed, "model_name": "other"}).status_code == 409
-    # The queue being down is the trainer's problem, not a rejected request.
+    # A broker outage refuses nothing; a database outage is the trainer's problem, not a
+    # rejected request (the token is cached by now, so the submission itself meets it).
     queue.down = True
+    assert client.post("/v1/train", json=IRIS).status_code == 202
+    database.down = True
     assert client.post("/v1/train", json=IRIS).status_code == 503
+    database.down = False
 
     after = scrape(client)
-    assert submitted(after, "created") == 1
+    assert submitted(after, "created") == 2
     assert submitted(after, "duplicate") == 1
     assert submitted(after, "rejected") == 3
 

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from trainer.algorithms import ALGORITHMS
-
-from .conftest import FakeQueue
+from trainer.jobs import JobStore
 
 IRIS = {"model_name": "iris", "dataset": {"builtin": "iris"}}
 DIABETES = {"model_name": "diabetes", "dataset": {"builtin": "diabetes"}}
@@ -76,7 +75,7 @@ def test_the_platform_runs_every_estimator_on_one_core() -> None:
 )
 def test_out_of_range_params_are_422_naming_the_param(
     client: TestClient,
-    queue: FakeQueue,
+    store: JobStore,
     base: dict[str, Any],
     algorithm: str,
     params: dict[str, Any],
@@ -85,7 +84,7 @@ def test_out_of_range_params_are_422_naming_the_param(
     response = submit(client, base, algorithm, **params)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == field
-    assert queue.sent == []
+    assert store.recent(None, None, 10) == []
 
 
 def test_a_user_n_jobs_is_refused_because_the_platform_sets_it(client: TestClient) -> None:

@@ -13,12 +13,11 @@ from mlops_common.auth import Principal, requires
 from mlops_common.errors import PlatformError
 from mlops_common.names import MAX_NEW_MODEL_NAME_LENGTH, NEW_MODEL_NAME_PATTERN
 from mlops_common.service import from_state
-from sqlalchemy import text
 
 from trainer.handlers import JobsHandler
+from trainer.health import HealthCheck
 from trainer.metrics import TrainerMetrics
-from trainer.queue import JobQueue
-from trainer.schemas import JobView, TrainRequest
+from trainer.schemas import HealthView, JobView, TrainRequest
 
 
 class SubmissionRoute(APIRoute):
@@ -36,7 +35,7 @@ class SubmissionRoute(APIRoute):
                 metrics.job_submitted("rejected")
                 raise
             except PlatformError as exc:
-                # A 503 (queue down) refuses no request: the client should retry it as it is.
+                # A 503 (database down) refuses no request: the client should retry it as it is.
                 if exc.status_code < 500:
                     metrics.job_submitted("rejected")
                 raise
@@ -51,20 +50,25 @@ submissions = APIRouter(route_class=SubmissionRoute)
 
 
 HandlerDep = Annotated[JobsHandler, Depends(from_state("handler"))]
-QueueDep = Annotated[JobQueue, Depends(from_state("queue"))]
+HealthDep = Annotated[HealthCheck, Depends(from_state("health"))]
 Trainer = Annotated[Principal, Depends(requires("train"))]
 JobReader = Annotated[Principal, Depends(requires("jobs:read"))]
 
 _auth_errors: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, unknown, expired or revoked token"},
     403: {"description": "The token lacks the scope, or may not use this model"},
+    503: {"description": "The platform database is unavailable; see Retry-After"},
 }
 _submit_errors: dict[int | str, dict[str, Any]] = {
     **_auth_errors,
     409: {"description": "The idempotency key was used for a different request"},
     413: {"description": "The body is larger than TRAINER_MAX_BODY_BYTES"},
     429: {"description": "TRAINER_MAX_ACTIVE_JOBS jobs are queued or running; see Retry-After"},
-    503: {"description": "The job queue is unavailable; see Retry-After"},
+    503: {
+        "description": "The platform database is unavailable: nothing was recorded, retry the "
+        "same request later (see Retry-After). A broker (Redis) outage is no error: the job is "
+        "accepted and kept, and handed to the workers once the broker is back"
+    },
 }
 # Job ids are UUIDs; the pattern only keeps what cannot be one (NUL and the like) from the database.
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
@@ -84,7 +88,11 @@ ModelNameFilter = Annotated[
 def train(
     body: TrainRequest, handler: HandlerDep, principal: Trainer, response: Response
 ) -> JobView:
-    """Validate and queue a training job; answers at once with the job to poll."""
+    """Validate and record a training job; answers at once with the job to poll.
+
+    The job is kept in the database and handed to the workers' queue as soon as the broker
+    answers: a broker outage delays it, and never refuses or loses it.
+    """
     principal.require("train", body.model_name)
     job, created = handler.submit(body)
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
@@ -109,17 +117,15 @@ def list_jobs(
     return handler.list(model_name, status, limit, principal)
 
 
-@router.get("/health", tags=["health"])
-def health(handler: HandlerDep, queue: QueueDep) -> JSONResponse:
-    body: dict[str, Any] = {"status": "ok"}
-    try:
-        with handler.store.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        body["database"] = "ok"
-    except Exception:
-        body["database"] = "unavailable"
-    body["broker"] = "ok" if queue.broker_ok() else "unavailable"
-    body["workers"] = queue.workers() if body["broker"] == "ok" else []
-    healthy = body["database"] == "ok" and body["broker"] == "ok"
-    body["status"] = "ok" if healthy else "unavailable"
-    return JSONResponse(body, status_code=200 if healthy else 503)
+@router.get(
+    "/health",
+    tags=["health"],
+    response_model=HealthView,
+    responses={503: {"model": HealthView, "description": "The database is unavailable"}},
+)
+async def health(check: HealthDep) -> JSONResponse:
+    """Database, broker and workers, probed concurrently; answers within
+    TRAINER_HEALTH_TIMEOUT_S. 503 only when the database is down (no job can be accepted);
+    without broker or workers it is 200 and ``degraded``: jobs are accepted and kept."""
+    view, status = await check.run()
+    return JSONResponse(view.model_dump(mode="json"), status_code=status)

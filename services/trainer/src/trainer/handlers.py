@@ -1,20 +1,18 @@
-"""What the trainer API does, apart from HTTP: validate, record, queue, report."""
+"""What the trainer API does, apart from HTTP: validate, record, report.
+
+A recorded job is handed to the broker by ``trainer.dispatch``, never by a request: submitting
+needs the database only.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import cast
 
 from mlops_common.auth import Principal
 from mlops_common.datasets import BUILTIN_TASKS
-from mlops_common.errors import (
-    Conflict,
-    NotFound,
-    ServiceUnavailable,
-    TooManyRequests,
-    Unprocessable,
-)
+from mlops_common.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from mlops_common.promotion import Task
 from mlops_common.storage import ObjectStore
 
@@ -26,7 +24,6 @@ from trainer.datasets import (
     check_target,
 )
 from trainer.jobs import IdempotencyConflict, Job, JobStore
-from trainer.queue import JobQueue
 from trainer.schemas import JobStatus, JobView, TrainRequest
 
 log = logging.getLogger(__name__)
@@ -53,19 +50,21 @@ def job_view(job: Job) -> JobView:
 
 
 class JobsHandler:
+    """``notify`` is called after a job is recorded (it wakes the dispatcher); it must not block."""
+
     def __init__(
         self,
         store: JobStore,
-        queue: JobQueue,
         objects: ObjectStore,
         *,
+        notify: Callable[[], None] = lambda: None,
         dataset_buckets: Collection[str] = DEFAULT_DATASET_BUCKETS,
         max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
         max_active_jobs: int = 1000,
         retry_after_s: int = 30,
     ) -> None:
         self.store = store
-        self.queue = queue
+        self.notify = notify
         self.objects = objects
         self.dataset_buckets = frozenset(dataset_buckets)
         self.max_dataset_bytes = max_dataset_bytes
@@ -119,6 +118,13 @@ class JobsHandler:
             )
 
     def submit(self, request: TrainRequest) -> tuple[JobView, bool]:
+        """Validate and record a queued job: ``(job, created)``, created False for a replayed
+        idempotency key.
+
+        The job row is the outbox: the dispatcher hands it to the broker as soon as the broker
+        answers, so a broker outage delays the job and never refuses it. A database outage
+        raises (the error handlers answer 503).
+        """
         self.validate(request)
         self.check_capacity(request)
         body = request.model_dump(mode="json")
@@ -131,15 +137,7 @@ class JobsHandler:
                 field="idempotency_key",
             ) from exc
         if created:
-            try:
-                self.queue.enqueue(job.id)
-            except Exception as exc:
-                # The broker is down: leave no job behind that nobody will run.
-                self.store.delete(job.id)
-                log.error("could not queue job %s: %s", job.id, exc)
-                raise ServiceUnavailable(
-                    "the job queue (Redis) is unavailable; retry later"
-                ) from exc
+            self.notify()
             log.info("job %s queued for %s", job.id, request.model_name)
         return job_view(job), created
 

@@ -1,4 +1,8 @@
-"""Training jobs in PostgreSQL: the source of truth for a job's state, whatever the queue does."""
+"""Training jobs in PostgreSQL: the source of truth for a job's state, whatever the queue does.
+
+The table is also the outbox towards the broker: a queued job with no ``dispatched_at`` still has
+to be sent (see ``trainer.dispatch``), so recording a job never waits for the broker.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,18 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     DateTime,
     Engine,
+    Index,
     Integer,
+    Select,
     String,
     Text,
-    delete,
+    and_,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -120,6 +128,36 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the job was last handed to the broker; NULL while a queued job waits to be sent.
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "ix_training_jobs_pending_dispatch",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND dispatched_at IS NULL"),
+        ),
+    )
+
+
+def pending_dispatch() -> ColumnElement[bool]:
+    """Queued jobs not handed to the broker yet (what the partial index holds)."""
+    return and_(Job.status == "queued", Job.dispatched_at.is_(None))
+
+
+SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "oracle"})
+
+
+def pending_query(dialect: str, limit: int) -> Select[str]:
+    """The oldest pending jobs, locked so that concurrent dispatchers (API replicas) send
+    disjoint batches: ``FOR UPDATE SKIP LOCKED`` where the database has it. SQLite has no row
+    locks (one writer at a time); there two dispatchers may send a job twice, which is harmless.
+    """
+    query = select(Job.id).where(pending_dispatch()).order_by(Job.created_at).limit(limit)
+    if dialect in SKIP_LOCKED_DIALECTS:
+        query = query.with_for_update(skip_locked=True)
+    return query
 
 
 class IdempotencyConflict(Exception):
@@ -216,10 +254,45 @@ class JobStore:
             session.execute(update(Job).where(Job.id == job_id).values(**values))
             session.commit()
 
-    def delete(self, job_id: str) -> None:
+    def dispatch(self, send: Callable[[str], None], limit: int = 100) -> list[str]:
+        """Hand up to ``limit`` pending jobs to ``send``, oldest first, and mark them dispatched.
+
+        The rows stay locked until they are marked, so another dispatcher skips them. When
+        ``send`` raises, the jobs it took before are marked, the rest stay pending, and the
+        exception propagates. Returns the ids sent.
+        """
+        sent: list[str] = []
         with self.sessions() as session:
-            session.execute(delete(Job).where(Job.id == job_id))
+            query = pending_query(self.engine.dialect.name, limit)
+            try:
+                for job_id in session.scalars(query).all():
+                    send(job_id)
+                    sent.append(job_id)
+            finally:
+                # Nothing sent: closing the session rolls back and releases the locks.
+                if sent:
+                    session.execute(
+                        update(Job).where(Job.id.in_(sent)).values(dispatched_at=utcnow())
+                    )
+                    session.commit()
+        return sent
+
+    def pending_count(self) -> int:
+        """Queued jobs the broker has not been handed yet."""
+        query = select(func.count()).select_from(Job).where(pending_dispatch())
+        with self.sessions() as session:
+            return int(session.scalar(query) or 0)
+
+    def resend_queued(self) -> int:
+        """Make every queued job pending again (the broker may have lost their messages)."""
+        with self.sessions() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.status == "queued", Job.dispatched_at.is_not(None))
+                .values(dispatched_at=None)
+            )
             session.commit()
+            return int(result.rowcount)  # type: ignore[attr-defined]
 
     def recent(
         self,
@@ -245,10 +318,6 @@ class JobStore:
         with self.sessions() as session:
             return int(session.scalar(query) or 0)
 
-    def queued_ids(self) -> list[str]:
-        with self.sessions() as session:
-            return list(session.scalars(select(Job.id).where(Job.status == "queued")))
-
     def recover_orphans(
         self,
         stale_after_s: float,
@@ -258,7 +327,8 @@ class JobStore:
         """Running jobs whose worker is gone: requeue them, or fail them when out of attempts.
 
         A worker is gone when its heartbeat is stale, or when ``gone`` knows it is (a restarted
-        worker recognising its previous run). Returns (requeued ids, failed ids).
+        worker recognising its previous run). A requeued job is pending dispatch again: the
+        dispatcher sends it. Returns (requeued ids, failed ids).
         """
         cutoff = utcnow() - timedelta(seconds=stale_after_s)
         requeued: list[str] = []
@@ -275,6 +345,7 @@ class JobStore:
                 reason = f"worker {job.worker} stopped while running attempt {job.attempts}"
                 if job.attempts < max_attempts:
                     job.status, job.error = "queued", f"{reason}; retrying"
+                    job.dispatched_at = None
                     requeued.append(job.id)
                 else:
                     job.status, job.error = "failed", f"{reason} of {max_attempts}; giving up"

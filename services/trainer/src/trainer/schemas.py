@@ -198,3 +198,20 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+Probe = Literal["ok", "unavailable", "timeout"]
+
+
+class HealthView(BaseModel):
+    """``GET /health``: 503 only when the database is not ``ok`` (no job can be accepted); a
+    missing broker or worker is ``degraded`` (200): jobs are accepted and kept until it is back."""
+
+    status: Literal["ok", "degraded", "unavailable"]
+    database: Probe
+    broker: Probe
+    workers: list[str] = Field(description="Workers that answered a ping")
+    pending_dispatch: int | None = Field(
+        description="Queued jobs not handed to the broker yet; null when the database did not answer"
+    )
+    degraded: list[str] = Field(description="One line per dependency that is not ok")

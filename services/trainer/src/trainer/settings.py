@@ -20,6 +20,46 @@ class TrainerSettings(ServiceSettings):
 
     port: int = 8810
     broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Longest wait for one broker call (connect, send, read); a frozen broker "
+        "fails the call after this instead of hanging it",
+    )
+    dispatch_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often the API looks for jobs still to hand to the broker (a new job "
+        "is sent at once), and checks the broker kept what it was sent",
+    )
+    health_timeout_s: float = Field(
+        default=0.8,
+        gt=0,
+        le=10,
+        description="GET /health answers within this, naming a dependency that did not",
+    )
+    db_retry_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="How long a worker retries a job's claim or outcome while the database "
+        "cannot be reached, before it gives the job up to the stale-job recovery",
+    )
+    mlflow_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        description="Timeout of one MLflow request (MLFLOW_HTTP_REQUEST_TIMEOUT, unless set)",
+    )
+    # Five retries with MLflow's doubling backoff (2, 4, 8, 16, 32 s) ride out about a minute of
+    # MLflow or its database being down; a job then finishes instead of failing.
+    mlflow_max_retries: int = Field(
+        default=5,
+        ge=0,
+        le=10,
+        description="Retries of a failed MLflow request (MLFLOW_HTTP_REQUEST_MAX_RETRIES, unless set)",
+    )
     gateway_url: str = "http://127.0.0.1:8820"
     # The trainer's own token for the gateway (scopes models:read and models:promote).
     gateway_token: SecretStr | None = None
@@ -60,6 +100,14 @@ class TrainerSettings(ServiceSettings):
     mlflow: MLflowSettings = Field(default_factory=from_env(MLflowSettings))
     s3: S3Settings = Field(default_factory=from_env(S3Settings))
     db: DatabaseSettings = Field(default_factory=from_env(DatabaseSettings))
+
+    def mlflow_client_env(self) -> dict[str, str]:
+        """The variables MLflow's client reads its request bounds from (its defaults, 120 s and
+        7 retries with doubling backoff, let one call hang a job for minutes)."""
+        return {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_timeout_s),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_max_retries),
+        }
 
     @field_validator("dataset_buckets")
     @classmethod

@@ -1,7 +1,10 @@
 """The Celery worker: takes job ids off Redis and trains them.
 
 PostgreSQL, not the broker, holds each job's state: a message may be delivered twice (late ack
-after a crash), so a job runs only for the delivery that atomically claims it.
+after a crash), so a job runs only for the delivery that atomically claims it. The claim and the
+outcome are retried through a short database outage (``TRAINER_DB_RETRY_S``); every other
+dependency is called with a timeout (MLflow ``TRAINER_MLFLOW_TIMEOUT_S``, the gateway 30 s, S3
+``S3_CONNECT_TIMEOUT_S``/``S3_READ_TIMEOUT_S``, the broker ``TRAINER_BROKER_TIMEOUT_S``).
 """
 
 from __future__ import annotations
@@ -10,22 +13,27 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import mlflow
 from celery import Celery, signals
+from celery.exceptions import Reject
 from mlflow.tracking import MlflowClient
 from mlops_common.db import make_engine, migrate
+from mlops_common.errors import is_database_outage
 from mlops_common.http import make_sync_client
 from mlops_common.logging import configure_logging
 from mlops_common.storage import ObjectStore
 
-from trainer.jobs import MIGRATIONS, VERSION_TABLE, JobStore, WorkerIdentity, pid_alive
+from trainer.dispatch import describe, send_pending
+from trainer.jobs import MIGRATIONS, VERSION_TABLE, Job, JobStore, WorkerIdentity, pid_alive
 from trainer.queue import TASK_NAME, CeleryQueue, make_celery, recover_jobs
+from trainer.retry import retry_db
 from trainer.schemas import TrainRequest
 from trainer.settings import TrainerSettings
-from trainer.training import JobFailed, Trainer
+from trainer.training import JobFailed, Trainer, TrainingResult
 
 log = logging.getLogger("trainer.worker")
 
@@ -41,6 +49,9 @@ celery_app: Celery = make_celery(settings)
 
 @cache
 def _runtime() -> tuple[JobStore, Trainer]:
+    # Per process (the pool's too): MLflow reads these on every request; the environment wins.
+    for name, value in settings.mlflow_client_env().items():
+        os.environ.setdefault(name, value)
     url = settings.db.url.get_secret_value()
     migrate(url, MIGRATIONS, VERSION_TABLE)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
@@ -84,18 +95,26 @@ def _recover(**_: Any) -> None:
     store, _trainer = _runtime()
     recover_jobs(
         store,
-        CeleryQueue(celery_app),
         settings,
         gone=lambda owner: _identity().knows_gone(owner, pid_alive),
         resend_queued=True,
     )
+    queue = CeleryQueue.from_settings(settings, celery_app)
+    try:
+        sent = send_pending(store, queue)
+    except Exception as exc:
+        log.warning("could not send the queued jobs (%s): the API's dispatcher will", describe(exc))
+    else:
+        log.info("sent %d queued jobs again", len(sent))
+    finally:
+        queue.close()
 
 
 @celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
 def train_job(job_id: str) -> str:
     store, trainer = _runtime()
     me = str(_identity())
-    job = store.claim(job_id, me)
+    job = _claim(store, job_id, me)
     if job is None:
         # Already taken by another delivery, or finished: nothing to do.
         return "skipped"
@@ -104,18 +123,58 @@ def train_job(job_id: str) -> str:
     beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beat.start()
     try:
+        return _run(store, trainer, job, me)
+    finally:
+        # Only now: while an outcome waits for the database, the job must not look abandoned.
+        stop.set()
+
+
+def _claim(store: JobStore, job_id: str, me: str) -> Job | None:
+    """The job, claimed for ``me``; None when another delivery has it. While the database is
+    unavailable past ``TRAINER_DB_RETRY_S`` the message goes back to the queue (Reject)."""
+    tries = 0
+
+    def attempt() -> Job | None:
+        nonlocal tries
+        tries += 1
+        job = store.claim(job_id, me)
+        if job is None and tries > 1:
+            # An earlier try may have committed before its connection broke: then it is ours.
+            current = store.get(job_id)
+            if current is not None and current.status == "running" and current.worker == me:
+                return current
+        return job
+
+    try:
+        return retry_db(attempt, budget_s=settings.db_retry_s, what=f"job {job_id}: claim")
+    except Exception as exc:
+        if not is_database_outage(exc):
+            raise
+        raise Reject(f"job {job_id}: the database is unavailable", requeue=True) from exc
+
+
+def _run(store: JobStore, trainer: Trainer, job: Job, me: str) -> str:
+    job_id = job.id
+    try:
         result = trainer.run(TrainRequest.model_validate(job.request), job_id)
     except JobFailed as exc:
-        _report(store.fail(job_id, me, str(exc)), job_id)
         log.error("job %s failed: %s", job_id, exc)
-        return "failed"
+        return _fail(store, job_id, me, str(exc))
     except Exception as exc:
-        _report(store.fail(job_id, me, f"{type(exc).__name__}: {exc}"), job_id)
         log.exception("job %s failed", job_id)
-        return "failed"
-    finally:
-        stop.set()
-    recorded = store.succeed(
+        return _fail(store, job_id, me, f"{type(exc).__name__}: {exc}")
+    outcome = _record(job_id, "succeeded", lambda: _succeed(store, job_id, me, result))
+    if outcome == "succeeded":
+        log.info("job %s succeeded: %s v%d", job_id, job.model_name, result.model_version)
+    return outcome
+
+
+def _fail(store: JobStore, job_id: str, me: str, error: str) -> str:
+    return _record(job_id, "failed", lambda: store.fail(job_id, me, error))
+
+
+def _succeed(store: JobStore, job_id: str, me: str, result: TrainingResult) -> bool:
+    return store.succeed(
         job_id,
         me,
         run_id=result.run_id,
@@ -126,23 +185,51 @@ def train_job(job_id: str) -> str:
         promoted=result.promoted,
         promotion=result.promotion,
     )
-    _report(recorded, job_id)
-    log.info("job %s succeeded: %s v%d", job_id, job.model_name, result.model_version)
-    return "succeeded"
 
 
-def _report(recorded: bool, job_id: str) -> None:
+def _record(job_id: str, outcome: str, write: Callable[[], bool]) -> str:
+    """``write()`` the outcome, retried through a database outage of up to
+    ``TRAINER_DB_RETRY_S``; returns the outcome, or ``unrecorded`` when the database stayed out."""
+    try:
+        recorded = retry_db(write, budget_s=settings.db_retry_s, what=f"job {job_id}: {outcome}")
+    except Exception as exc:
+        if not is_database_outage(exc):
+            raise
+        log.error(
+            "job %s: %s, but the database stayed unavailable: the job stays running until the "
+            "stale-job recovery requeues it (the retry finishes the registered version)",
+            job_id,
+            outcome,
+        )
+        return "unrecorded"
     if not recorded:
         log.warning(
             "job %s: this attempt no longer owns the job (it was taken for lost and requeued); "
             "the attempt that owns it records the outcome",
             job_id,
         )
+    return outcome
 
 
 def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
+    """Beats every ``heartbeat_interval_s``; a database outage is logged once, not every beat."""
+    failing = False
     while not stop.wait(settings.heartbeat_interval_s):
         try:
             store.heartbeat(job_id)
-        except Exception:
-            log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+        except Exception as exc:
+            if not is_database_outage(exc):
+                log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+            elif not failing:
+                log.warning(
+                    "job %s: heartbeat failed, the database is unavailable (%s); trying every "
+                    "%.0f s",
+                    job_id,
+                    type(exc).__name__,
+                    settings.heartbeat_interval_s,
+                )
+            failing = True
+            continue
+        if failing:
+            log.info("job %s: heartbeat recorded again", job_id)
+            failing = False

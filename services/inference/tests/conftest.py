@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from fastapi import FastAPI
 from inference.app import create_app
 from inference.gateway import GatewayClient
@@ -165,12 +166,22 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
 
 # ---- fakes -------------------------------------------------------------------------------------
 class FakeStore:
-    """The object store's listing and downloads, over local dirs registered under s3 URIs."""
+    """The object store's listing and downloads, over local dirs registered under s3 URIs.
+
+    While ``down`` every call fails as boto3 does when the endpoint cannot be reached;
+    ``downloads_until_down`` lets that many more downloads through, then goes down.
+    """
 
     def __init__(self) -> None:
         self.trees: dict[str, Path] = {}
         self.listings: list[str] = []
         self.downloaded_keys: list[str] = []
+        self.down = False
+        self.downloads_until_down: int | None = None
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise EndpointConnectionError(endpoint_url="http://s3.test:9000/mlflow")
 
     @property
     def downloads(self) -> list[str]:
@@ -197,6 +208,7 @@ class FakeStore:
 
     def list_objects(self, prefix: S3Uri) -> list[StoredObject]:
         self.listings.append(f"s3://{prefix.bucket}/{prefix.key.rstrip('/')}")
+        self._reachable()
         return [
             StoredObject(key, path.stat().st_size, hashlib.md5(path.read_bytes()).hexdigest())  # noqa: S324
             for key, path in self._files(prefix).items()
@@ -215,12 +227,19 @@ class FakeStore:
         raise FileNotFoundError(str(uri))
 
     def get_bytes(self, uri: S3Uri, max_bytes: int | None = None) -> bytes:
+        self._reachable()
         data = self._path(uri).read_bytes()
         if max_bytes is not None and len(data) > max_bytes:
             raise ObjectTooLarge(uri, len(data))
         return data
 
     def download_file(self, uri: S3Uri, filename: str) -> None:
+        if self.downloads_until_down is not None:
+            if self.downloads_until_down <= 0:
+                self.down, self.downloads_until_down = True, None
+            else:
+                self.downloads_until_down -= 1
+        self._reachable()
         self.downloaded_keys.append(uri.key)
         shutil.copyfile(self._path(uri), filename)
 
@@ -239,6 +258,10 @@ class FakeGateway:
         }
     )
     fail_with: int | None = None
+    # With fail_with: the dependency the gateway blames (``details.upstream``), as for MLflow.
+    fail_upstream: str | None = None
+    # Nothing listens: every request fails to connect.
+    down: bool = False
     calls: int = 0
     introspections: int = 0
     # Introspection requests to drop as a closed kept-alive connection would.
@@ -246,8 +269,17 @@ class FakeGateway:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
+        if self.down:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         if self.fail_with is not None:
-            return httpx.Response(self.fail_with, json={"error": {"message": "gateway broke"}})
+            error: dict[str, Any] = {"message": "gateway broke"}
+            if self.fail_upstream is not None:
+                error = {
+                    "code": "upstream_error",
+                    "message": f"{self.fail_upstream} broke",
+                    "details": {"upstream": self.fail_upstream},
+                }
+            return httpx.Response(self.fail_with, json={"error": error})
         if request.url.path == "/v1/tokens/introspect" and request.method == "POST":
             self.introspections += 1
             if self.dropped_introspections > 0:
@@ -377,16 +409,19 @@ def service(
 ) -> ServiceFactory:
     """``async with service("churn") as svc``: an app whose manager the test drives by hand.
 
-    ``artifact_store`` replaces the ``FakeStore`` the manager downloads from.
+    ``artifact_store`` replaces the ``FakeStore`` the manager downloads from, ``loader`` the
+    function that loads a model version.
     """
 
     @asynccontextmanager
     async def factory(
-        model_name: str = "churn", artifact_store: Any = None, **overrides: Any
+        model_name: str = "churn", artifact_store: Any = None, loader: Any = None, **overrides: Any
     ) -> AsyncIterator[Service]:
         settings = make_settings(tmp_path, model_name=model_name, **overrides)
+        # A gateway that is down fails at once: the transport's retries (mlops_common's to
+        # test) would only slow these tests down.
         gateway_client = make_async_client(
-            "http://gateway.test", transport=httpx.MockTransport(gateway.handler)
+            "http://gateway.test", transport=httpx.MockTransport(gateway.handler), retries=0
         )
         metrics = InferenceMetrics()
         manager = ModelManager(
@@ -396,6 +431,9 @@ def service(
             store=store if artifact_store is None else artifact_store,
             cache_dir=settings.cache_dir,
             verifier=settings.manifest_verifier(),
+            store_retry_base_s=settings.store_retry_base_s,
+            store_retry_max_s=settings.store_retry_max_s,
+            **({"loader": loader} if loader is not None else {}),
             clock=clock,
             on_event=metrics.model_event,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -142,3 +143,34 @@ async def test_a_dropped_connection_to_the_gateway_is_retried_not_a_503(
 
     assert response.status_code == 200
     assert gateway.introspections == 3
+
+
+async def test_callers_seen_lately_are_served_while_the_gateway_is_down_even_after_a_restart(
+    service: Any, gateway: Any
+) -> None:
+    stranger = "mlops_" + "s" * 43
+    gateway.tokens[stranger] = {"active": True, "name": "s", "scopes": ["predict"], "models": "*"}
+    gateway.set_alias("churn", 1)
+    # A TTL this short expires between two requests: every request after it asks the gateway.
+    async with service(token_cache_ttl_s=0.001) as svc:
+        await svc.manager.poll_once()
+        assert (await svc.client.get("/model-info")).status_code == 200
+        gateway.fail_with = 503
+        await asyncio.sleep(0.01)  # past the TTL, not a readiness wait
+        during = await svc.client.get("/model-info")
+    async with service(token_cache_ttl_s=0.001) as restarted:
+        # A new process on the same cache folder; its model comes from the manager as before.
+        gateway.fail_with = None
+        await restarted.manager.poll_once()
+        gateway.fail_with = 503
+        after_restart = await restarted.client.get("/model-info")
+        never_seen = await restarted.client.get("/model-info", headers=bearer(stranger))
+    async with service(token_cache_ttl_s=0.001, token_stale_grace_s=0) as strict:
+        gateway.fail_with = None
+        await strict.manager.poll_once()
+        gateway.fail_with = 503
+        without_grace = await strict.client.get("/model-info")
+
+    assert (during.status_code, after_restart.status_code) == (200, 200)
+    assert never_seen.status_code == 503
+    assert without_grace.status_code == 503

@@ -52,6 +52,8 @@ async def test_health_is_503_until_the_alias_exists_then_200(
     assert ready.json() == {
         "status": "ok",
         "model": {"name": "churn", "version": 1, "alias": "champion"},
+        "source": "registry",
+        "degraded": [],
         "last_error": None,
         "pending_version": None,
         "message": None,
@@ -104,7 +106,7 @@ async def test_alias_move_swaps_in_the_new_version(
     digest = new.meta.manifest_sha256
     assert digest is not None and new.meta.signed_by == VERIFIER.key_ids[0]
     cached = sorted(p.name for p in (tmp_path / "cache" / "churn").iterdir())
-    assert cached == [digest, f"{digest}.source.json"]
+    assert cached == [digest, f"{digest}.source.json", "current.json"]
     assert len(store.downloads) == 2
 
 
@@ -183,12 +185,19 @@ async def test_gateway_failure_is_reported_and_cleared(service: Any, gateway: An
         await svc.manager.poll_once()
         gateway.fail_with = 500
         await svc.manager.poll_once()
-        failing = (await svc.client.get("/health")).json()
+        failing = await svc.client.get("/health")
         gateway.fail_with = None
         await svc.manager.poll_once()
         recovered = (await svc.client.get("/health")).json()
-    assert failing["status"] == "ok"
-    assert "gateway answered 500" in failing["last_error"]
+    # Still serving: degraded, not down.
+    assert failing.status_code == 200
+    body = failing.json()
+    assert body["status"] == "degraded"
+    assert body["source"] == "registry"
+    assert "gateway answered 500" in body["last_error"]
+    assert body["degraded"] == [f"gateway: {body['last_error']}"]
+    assert recovered["status"] == "ok"
+    assert recovered["degraded"] == []
     assert recovered["last_error"] is None
 
 

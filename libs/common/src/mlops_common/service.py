@@ -7,8 +7,10 @@ logging and runs the app under uvicorn with the platform's defaults. ``from_stat
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -37,9 +39,16 @@ def serve(
     name: str,
     settings_cls: type[S],
     create_app: Callable[[S], FastAPI],
+    *,
+    shutdown_grace_s: Callable[[S], float] | None = None,
     **uvicorn_options: Any,
 ) -> None:
-    """Run ``create_app(settings)``: the body of each service's console script."""
+    """Run ``create_app(settings)``: the body of each service's console script.
+
+    With ``shutdown_grace_s`` (read from the settings), SIGTERM drains: uvicorn stops accepting
+    connections, gives requests in flight that many seconds to finish (then cancels them), runs
+    the app's shutdown, and the process exits with status 0.
+    """
     import uvicorn
 
     settings = load_settings(name, settings_cls)
@@ -51,7 +60,16 @@ def serve(
         "access_log": False,
         **uvicorn_options,
     }
+    if shutdown_grace_s is not None:
+        options["timeout_graceful_shutdown"] = shutdown_grace_s(settings)
+        # uvicorn raises SIGTERM again once it has shut down, which would end the process as
+        # killed by the signal (status 143): a stop that drained is a clean exit.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **options)
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def from_state(attribute: str) -> Callable[[Request], Awaitable[Any]]:

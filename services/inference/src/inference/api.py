@@ -68,13 +68,13 @@ async def predict(request: Request, handler: ServingDep) -> Response:
 @router.get(
     "/health",
     response_model=HealthResponse,
-    summary="200 while a model is served, 503 before",
+    summary="200 while a model is served (status ok or degraded), 503 before",
     responses={503: {"model": HealthResponse, "description": "No model loaded yet"}},
 )
 async def health(handler: HandlerDep) -> JSONResponse:
     health = handler.health()
     body = health.model_dump(mode="json")
-    if health.status != "ok":
+    if health.status not in ("ok", "degraded"):
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse(body)
 

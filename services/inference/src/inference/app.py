@@ -31,6 +31,9 @@ from inference.v2.routes import router as v2_router
 
 log = logging.getLogger(__name__)
 
+# In the cache root, which pruning never touches (models live in per-model folders).
+TOKEN_SNAPSHOT = "token-verdicts.json"  # noqa: S105 - a file name, not a secret
+
 
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
@@ -46,7 +49,14 @@ def _guard(settings: InferenceSettings, source: TokenSource) -> ModelGuard | Non
             settings.port,
         )
         return None
-    return ModelGuard(TokenVerifier(source, ttl_s=settings.token_cache_ttl_s), settings.model_name)
+    verifier = TokenVerifier(
+        source,
+        ttl_s=settings.token_cache_ttl_s,
+        # Serving from the cache while the gateway is down is only useful if callers get in.
+        stale_grace_s=settings.token_stale_grace_s,
+        snapshot=settings.cache_dir / TOKEN_SNAPSHOT,
+    )
+    return ModelGuard(verifier, settings.model_name)
 
 
 def _warn_if_unsigned_allowed(settings: InferenceSettings) -> None:
@@ -79,7 +89,7 @@ def create_app(
                 bearer_token=token.get_secret_value() if token else None,
             )
             stack.push_async_callback(client.aclose)
-            gateway = GatewayClient(client)
+            gateway = GatewayClient(client, resolve_timeout_s=settings.gateway_timeout_s)
             app.state.guard = _guard(settings, gateway.introspect)
             active = manager
             if active is None:

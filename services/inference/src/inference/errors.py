@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlops_common.errors import PayloadTooLarge
 
-__all__ = ["ModelLoadError", "ModelRejected", "PayloadTooLarge"]
+__all__ = ["ModelLoadError", "ModelRejected", "PayloadTooLarge", "StoreUnavailable"]
 
 
 class ModelLoadError(Exception):
@@ -17,6 +17,14 @@ class ModelRejected(ModelLoadError):
     Its artifacts ask for something inference never does for a model: unpickle it, run code it
     ships, trust types it names, load another flavor, or write files outside its directory.
     Counted apart from other load failures (``inference_model_events_total{event="rejected"}``).
+    """
+
+
+class StoreUnavailable(ModelLoadError):
+    """The object store could not be asked: unreachable, timed out, or failing (5xx, throttling).
+
+    Says nothing about the version itself, so it is retried soon, not after the long backoff of
+    a version that was refused or failed to load.
     """
 
 

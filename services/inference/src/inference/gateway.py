@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
@@ -14,10 +15,22 @@ from pydantic import ValidationError
 from inference.model import ModelVersion
 
 INTROSPECTION_ATTEMPTS = 3
+# Longest one resolve may take, the transport's retries included (INFERENCE_GATEWAY_TIMEOUT_S).
+DEFAULT_RESOLVE_TIMEOUT_S = 5.0
 
 
 class GatewayError(Exception):
-    """The gateway could not be asked, or answered something unusable."""
+    """The gateway could not be asked, or answered something unusable.
+
+    ``unavailable``: the gateway, or what it depends on, is down or failing (no answer, a
+    timeout, a 5xx), as opposed to an answer that refuses us or cannot be read. ``dependency``
+    names what failed: "gateway", or the upstream the gateway blamed ("mlflow", "s3").
+    """
+
+    def __init__(self, message: str, *, unavailable: bool, dependency: str = "gateway") -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+        self.dependency = dependency
 
 
 @dataclass(frozen=True)
@@ -28,26 +41,42 @@ class AliasMissing:
 
 
 class GatewayClient:
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, *, resolve_timeout_s: float = DEFAULT_RESOLVE_TIMEOUT_S
+    ) -> None:
         self._client = client
+        self._resolve_timeout_s = resolve_timeout_s
 
     async def resolve(self, name: str, alias: str) -> ModelVersion | AliasMissing:
         """The version behind ``name@alias``, or ``AliasMissing`` when there is none."""
         path = f"/v1/models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}"
         try:
-            response = await self._client.get(path)
+            # One deadline over the transport's retries too: a gateway that accepts connections
+            # but never answers must not hold the poll loop for the client's full timeouts.
+            async with asyncio.timeout(self._resolve_timeout_s):
+                response = await self._client.get(path)
+        except TimeoutError as exc:
+            raise GatewayError(
+                f"no answer from the gateway within {self._resolve_timeout_s:g}s", unavailable=True
+            ) from exc
         except httpx.HTTPError as exc:
-            raise GatewayError(f"cannot reach the gateway: {type(exc).__name__}: {exc}") from exc
+            raise GatewayError(
+                f"cannot reach the gateway: {type(exc).__name__}: {exc}", unavailable=True
+            ) from exc
         if response.status_code == 404:
             return AliasMissing(_error_message(response))
         if response.status_code != 200:
             raise GatewayError(
-                f"gateway answered {response.status_code} for {path}: {_error_message(response)}"
+                f"gateway answered {response.status_code} for {path}: {_error_message(response)}",
+                unavailable=response.status_code >= 500,
+                dependency=_upstream(response) or "gateway",
             )
         try:
             return ModelVersion.model_validate_json(response.content)
         except ValidationError as exc:
-            raise GatewayError(f"unexpected gateway answer for {path}: {exc}") from exc
+            raise GatewayError(
+                f"unexpected gateway answer for {path}: {exc}", unavailable=False
+            ) from exc
 
     async def introspect(self, token: str) -> Principal | None:
         """What the gateway knows of a caller's token (``None``: not an active token)."""
@@ -86,6 +115,18 @@ def _unreachable(exc: Exception) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"cannot check the token: the gateway is unreachable ({type(exc).__name__})"
     )
+
+
+def _upstream(response: httpx.Response) -> str | None:
+    """The dependency the gateway blamed for an error (``details.upstream``), if it named one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    upstream = details.get("upstream") if isinstance(details, dict) else None
+    return upstream if isinstance(upstream, str) and upstream.isidentifier() else None
 
 
 def _error_message(response: httpx.Response) -> str:

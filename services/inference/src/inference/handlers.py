@@ -155,19 +155,24 @@ class PredictionHandler:
         raise ServiceUnavailable(f"the service is at capacity ({reason}); retry shortly")
 
     def health(self) -> HealthResponse:
-        """The service's state: ``status`` is "ok" while a model is served."""
+        """The service's state, from memory only: ``status`` is "ok" or "degraded" while a model
+        is served."""
         manager = self._manager
         model = manager.current
+        degraded = manager.degraded
         if model is not None:
             return HealthResponse(
-                status="ok",
+                status="degraded" if degraded else "ok",
                 model=_ref(model),
+                source=manager.source,
+                degraded=degraded,
                 last_error=manager.last_error,
                 pending_version=manager.pending_version,
                 message=manager.waiting_message,
             )
         return HealthResponse(
             status="loading" if manager.last_error is None else "unavailable",
+            degraded=degraded,
             last_error=manager.last_error,
             pending_version=manager.pending_version,
             message=self._not_serving_message(),
@@ -203,7 +208,9 @@ class PredictionHandler:
         if manager.pending_version is not None and manager.last_error is None:
             return f"no model loaded yet: loading {target} version {manager.pending_version}"
         if manager.last_error is not None:
-            return f"no model loaded: {manager.last_error}"
+            cache = manager.cache_error
+            fallback = f"; the local cache cannot be served: {cache}" if cache else ""
+            return f"no model loaded: {manager.last_error}{fallback}"
         return f"no model loaded yet: resolving {target}"
 
 

@@ -9,7 +9,14 @@ from inference.settings import InferenceSettings
 
 
 def run() -> None:
-    serve("inference", InferenceSettings, create_app, http="httptools", loop="uvloop")
+    serve(
+        "inference",
+        InferenceSettings,
+        create_app,
+        shutdown_grace_s=lambda settings: settings.shutdown_grace_s,
+        http="httptools",
+        loop="uvloop",
+    )
 
 
 if __name__ == "__main__":

@@ -76,3 +76,10 @@ class InferenceMetrics:
         compiled.set_function(
             lambda: 1 if manager.current is not None and manager.current.compiled else 0
         )
+        degraded = Gauge(
+            "inference_degraded",
+            "1 while a model is served but a dependency cannot be used or the model came from "
+            "the local cache unconfirmed (/health says which), else 0",
+            registry=self.registry,
+        )
+        degraded.set_function(lambda: 1 if manager.current is not None and manager.degraded else 0)

@@ -53,8 +53,26 @@ class PredictResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "loading", "unavailable"]
+    status: Literal["ok", "degraded", "loading", "unavailable"] = Field(
+        description=(
+            "ok: a model is served and everything it depends on answers. degraded (still 200): "
+            "a model is served, but the gateway, MLflow behind it or the object store cannot "
+            "be used, or the model was loaded from the local cache and the registry has not "
+            "confirmed it yet; `degraded` says which. loading, unavailable (503): no model"
+        )
+    )
     model: ModelRef | None = None
+    source: Literal["registry", "cache"] | None = Field(
+        default=None,
+        description=(
+            "Where the served model came from: the registry, or the local cache (loaded while "
+            "the registry or the object store could not be asked, not yet confirmed)"
+        ),
+    )
+    degraded: list[str] = Field(
+        default_factory=list,
+        description='What cannot be used right now, each as "<dependency>: <why>"',
+    )
     last_error: str | None = Field(
         default=None, description="Why the newest version is not served (or the gateway failed)"
     )

@@ -42,12 +42,33 @@ class InferenceSettings(ServiceSettings):
         le=10,
         description="How long a checked caller token is trusted before the gateway is asked again",
     )
+    token_stale_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="While the gateway cannot check tokens, callers whose token it found valid "
+        "within this many seconds are still served (kept across restarts in the cache folder); "
+        "0 refuses everyone until the gateway answers. A revocation made during a gateway outage "
+        "bites once it answers again or this grace runs out",
+    )
     # Public keys (base64, comma-separated) whose signatures on model artifacts are trusted;
     # more than one while the signing key is rotated (docs/security.md).
     trusted_signing_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Off only on purpose (serving models registered outside the trainer): logs a warning.
     require_signed_models: bool = True
     poll_interval_s: float = Field(default=2.0, gt=0)
+    gateway_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest one resolve of the alias at the gateway may take, retries included",
+    )
+    # A version whose download failed because the object store could not be asked is tried
+    # again after this, doubling up to the max; a refused or broken version waits minutes.
+    store_retry_base_s: float = Field(default=1.0, gt=0)
+    store_retry_max_s: float = Field(default=10.0, gt=0)
+    # After SIGTERM: new connections are refused at once, requests in flight get this long to
+    # finish (then they are cancelled), and the process exits.
+    shutdown_grace_s: float = Field(default=15.0, gt=0)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     s3: S3Settings = Field(default_factory=from_env(S3Settings))
     max_batch_rows: int = Field(default=10_000, ge=1)

@@ -178,8 +178,9 @@ def test_failed_mlflow_write_leaves_no_audit_row(
 
     response = client.put("/v1/models/iris/aliases/champion", json={"version": 3})
 
-    assert response.status_code == 502
-    assert error(response)["code"] == "upstream_error"
+    assert response.status_code == 503
+    assert error(response)["code"] == "upstream_unavailable"
+    assert response.headers["Retry-After"]
     assert rows() == []
     assert registry.models["iris"]["aliases"]["champion"] == 2
 

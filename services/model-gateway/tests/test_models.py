@@ -60,11 +60,11 @@ def test_describe_unknown_model_is_404_on_name(client: TestClient) -> None:
     assert response.json()["error"]["field"] == "name"
 
 
-def test_describe_model_with_mlflow_down_is_502(client: TestClient, registry: Any) -> None:
+def test_describe_model_with_mlflow_down_is_503(client: TestClient, registry: Any) -> None:
     registry.down = True
 
     response = client.get("/v1/models/iris")
 
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "upstream_error"
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "upstream_unavailable"
     assert "MLflow" in response.json()["error"]["message"]

@@ -146,25 +146,26 @@ def test_unsupported_artifact_scheme_is_502_naming_the_scheme(
     assert error(response)["details"]["artifact_uri_scheme"] == "file"
 
 
-def test_mlflow_unreachable_is_502_without_secrets(client: TestClient, registry: Any) -> None:
+def test_mlflow_unreachable_is_503_without_secrets(client: TestClient, registry: Any) -> None:
     registry.down = True
 
     response = client.get("/v1/models/iris/aliases/champion")
 
-    assert response.status_code == 502
-    assert error(response)["code"] == "upstream_error"
+    assert response.status_code == 503
+    assert error(response)["code"] == "upstream_unavailable"
     assert "MLflow" in error(response)["message"]
     assert "mlflow.test:5050" in error(response)["message"]
     assert "hunter2" not in response.text
     assert "Traceback" not in response.text
 
 
-def test_mlflow_5xx_is_502_without_its_message(client: TestClient, registry: Any) -> None:
+def test_mlflow_5xx_is_503_without_its_message(client: TestClient, registry: Any) -> None:
     registry.fail_status = 500
 
     response = client.get("/v1/models/iris/aliases/champion")
 
-    assert response.status_code == 502
+    # Failing MLflow (its database down, say) is temporary: retry later.
+    assert response.status_code == 503
     assert error(response)["details"]["upstream_status"] == 500
     assert "psycopg2" not in response.text
 

@@ -129,8 +129,18 @@ class ServiceUnavailable(PlatformError):
 
 
 class UpstreamError(PlatformError):
+    """A component this service calls answered wrongly (a malformed answer, refused credentials)."""
+
     status_code = 502
     code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """A component this service calls is unreachable, timed out or failing (5xx, 429): a 503
+    with ``Retry-After``, since retrying later is what the client should do."""
+
+    status_code = 503
+    code = "upstream_unavailable"
 
 
 DATABASE_UNAVAILABLE = "the database is unavailable; retry later"

@@ -93,7 +93,7 @@ TokenName = Annotated[
 Limit = Annotated[int, Query(ge=1, le=500, description="Most records to return")]
 
 _errors: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 502)
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 502, 503)
 }
 _auth_errors: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 422)

@@ -1,4 +1,5 @@
-"""The few MLflow REST calls the gateway makes, with transport failures turned into 502s."""
+"""The few MLflow REST calls the gateway makes: MLflow unreachable, slow or failing is a 503
+(retry later), a malformed or refused answer a 502."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 from typing import Any
 
 import httpx
-from mlops_common.errors import BadRequest, UpstreamError
+from mlops_common.errors import BadRequest, UpstreamError, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,12 @@ class MlflowClient:
         try:
             return await self.http.request(method, path, params=params, json=json)
         except httpx.TimeoutException as exc:
-            raise UpstreamError(
+            raise UpstreamUnavailable(
                 f"MLflow at {self.origin} did not answer {method} {path} in time",
                 upstream="mlflow",
             ) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(
+            raise UpstreamUnavailable(
                 f"MLflow at {self.origin} is unreachable ({type(exc).__name__})",
                 upstream="mlflow",
             ) from exc
@@ -161,7 +162,9 @@ class MlflowClient:
         error_code, message = _mlflow_error(response)
         if status >= 500 or status in (401, 403, 429):
             log.warning("MLflow answered %s %s with %s %s", method, path, status, error_code)
-            raise UpstreamError(
+            # Failing or overloaded (its database down, say) passes; refused credentials do not.
+            transient = status >= 500 or status == 429
+            raise (UpstreamUnavailable if transient else UpstreamError)(
                 f"MLflow answered {method} {path} with HTTP {status}",
                 upstream="mlflow",
                 upstream_status=status,

@@ -445,3 +445,30 @@ def test_stop_uses_the_components_own_stop_signal(
     supervisor.bring_up()
     supervisor.stop_all()
     assert launcher.signals[0] == ("postgres", signal.SIGINT)
+
+
+def test_the_state_names_a_restarted_process_before_it_is_healthy(
+    paths: Paths, launcher: Launcher, clock: FakeClock
+) -> None:
+    ready = threading.Event()
+
+    def healthy() -> bool:
+        # The first process is healthy at once; the second's probe blocks until released.
+        return len(launcher.launched) == 1 or ready.wait(GUARD_S)
+
+    supervisor = supervise(paths, launcher, clock, fake("worker", healthy=healthy))
+    watch(supervisor, "worker")
+    assert launcher.process("worker").watched.wait(GUARD_S)
+    launcher.process("worker").exit(-9)
+    second = launcher.process("worker", 2)
+
+    def named() -> bool:
+        state = StackState.read(paths.state_file)
+        return state is not None and state.components["worker"].pid == second.pid
+
+    # Still starting (not healthy), yet a signal sent by pid reaches the new process.
+    assert wait_until(named, GUARD_S, interval_s=0.01)
+    assert supervisor.state.components["worker"].status == "restarting"
+    ready.set()
+    assert second.watched.wait(GUARD_S)
+    supervisor.stop_all()

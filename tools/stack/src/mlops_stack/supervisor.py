@@ -259,7 +259,11 @@ class Supervisor:
             with self.lock:
                 self.state.components[comp.name].restarts += 1
             try:
-                self._until_healthy(comp, self._spawn(comp))
+                proc = self._spawn(comp)
+                # The state names the new process at once: whoever signals it must not hit the
+                # one that exited.
+                self._set(comp.name, "restarting", f"exited with code {code}; starting again")
+                self._until_healthy(comp, proc)
             except Exception as exc:
                 if self.stopping.is_set():
                     return
@@ -276,9 +280,10 @@ class Supervisor:
         while self.paths.held(comp.name).exists():
             if self.clock.sleep(PROBE_INTERVAL_S, self.stopping):
                 return False
-        self._set(comp.name, "starting")
         try:
-            self._until_healthy(comp, self._spawn(comp))
+            proc = self._spawn(comp)
+            self._set(comp.name, "starting")
+            self._until_healthy(comp, proc)
         except Exception as exc:
             if self.stopping.is_set():
                 return False

@@ -102,12 +102,33 @@ async def test_alias_move_swaps_in_the_new_version(
     assert response.json()["model"]["version"] == 2
     # A request that picked up the old model before the swap can still finish with it.
     assert old.predict(_frame_of(old, [ROW])).predictions
-    # Only the served version stays in the cache, under its verified manifest's digest.
-    digest = new.meta.manifest_sha256
-    assert digest is not None and new.meta.signed_by == VERIFIER.key_ids[0]
+    # The served version and the one before it stay in the cache, under their verified
+    # manifests' digests.
+    digest, before = new.meta.manifest_sha256, old.meta.manifest_sha256
+    assert digest is not None and before is not None
+    assert new.meta.signed_by == VERIFIER.key_ids[0]
     cached = sorted(p.name for p in (tmp_path / "cache" / "churn").iterdir())
-    assert cached == [digest, f"{digest}.source.json", "current.json"]
+    copies = [digest, f"{digest}.source.json", before, f"{before}.source.json"]
+    assert cached == sorted([*copies, "current.json"])
     assert len(store.downloads) == 2
+
+
+async def test_moving_the_alias_back_uses_the_kept_copy(
+    service: Any, gateway: Any, store: Any, tmp_path: Any
+) -> None:
+    gateway.set_alias("churn", 1)
+    async with service() as svc:
+        await svc.manager.poll_once()
+        for version in (2, 1, 2):
+            gateway.set_alias("churn", version)
+            assert await svc.manager.poll_once()
+        served = svc.manager.current
+
+    assert served is not None and served.meta.version == 2
+    # Versions 1 and 2 were downloaded once each: every move back found its copy kept.
+    assert len(store.downloads) == 2
+    folders = [p for p in (tmp_path / "cache" / "churn").iterdir() if p.is_dir()]
+    assert len(folders) == 2
 
 
 async def test_broken_version_keeps_the_old_one_serving(

@@ -162,14 +162,16 @@ class ArtifactCache:
         shutil.rmtree(fetched.path, ignore_errors=True)
         fetched.path.with_name(f"{fetched.path.name}.source.json").unlink(missing_ok=True)
 
-    def prune(self, keep: Path) -> None:
-        """Delete every other copy: the served model is in memory, nothing reads them."""
+    def prune(self, *keep: Path) -> None:
+        """Delete every copy but ``keep`` (the served one, and the one served before it, so a
+        rollback is not a download): the served model is in memory, nothing reads the rest."""
         try:
             entries = list(self.root.iterdir())
         except OSError:
             return
+        kept = {CURRENT_FILE} | {p.name for p in keep} | {f"{p.name}.source.json" for p in keep}
         for entry in entries:
-            if entry.name in (keep.name, f"{keep.name}.source.json", CURRENT_FILE):
+            if entry.name in kept:
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)

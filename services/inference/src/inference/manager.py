@@ -95,6 +95,8 @@ class ModelManager:
         # Keys checked, signatures verified, copies kept by manifest digest; see artifacts.
         self._artifacts = ArtifactCache(store, cache_dir / _safe_name(model_name), verifier)
         self._served_dir: Path | None = None
+        # The copy served before the current one stays cached: moving the alias back is quick.
+        self._previous_dir: Path | None = None
         self._poll_interval_s = poll_interval_s
         self._loader = loader
         self._retry_base_s = retry_base_s
@@ -334,6 +336,8 @@ class ModelManager:
         previous = self._current
         self._current = ready.model  # the swap: one reference assignment
         self._source = source
+        if self._served_dir != ready.copy.path:
+            self._previous_dir = self._served_dir
         self._served_dir = ready.copy.path
         self._cache_error = None
         self._on_event("swapped")
@@ -597,7 +601,8 @@ class ModelManager:
                 self._artifacts.root,
                 describe_exception(exc),
             )
-        self._artifacts.prune(ready.copy.path)
+        keep = (ready.copy.path,) + ((self._previous_dir,) if self._previous_dir else ())
+        self._artifacts.prune(*keep)
 
 
 def _settle_heap() -> None:

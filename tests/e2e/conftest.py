@@ -82,6 +82,27 @@ class StackUrls:
         # compose plays the supervisor's part here.
         subprocess.run([*command, "start", component], check=True)
 
+    def pid(self, component: str) -> int:
+        """The process (group) id of a local stack's component."""
+        if self.home is None:
+            pytest.skip("fault injection drives a local stack's supervisor (MLOPS_HOME)")
+        state = json.loads((self.home / "run" / "state.json").read_text())
+        return int(state["components"][component]["pid"])
+
+    def signal(self, component: str, signum: int, *, group: bool = True) -> None:
+        """Send ``signum`` to every process of a local stack's component, or (``group=False``)
+        to its main process only, as Docker and Kubernetes deliver a stop."""
+        if group:
+            os.killpg(self.pid(component), signum)
+        else:
+            os.kill(self.pid(component), signum)
+
+    def mlops(self, *args: str) -> None:
+        """``mlops --home <stack> ARGS`` against the local stack (stop/start/restart COMPONENT)."""
+        if self.home is None:
+            pytest.skip("fault injection drives a local stack's supervisor (MLOPS_HOME)")
+        _mlops(self.home, *args)
+
     def s3(self) -> Any:
         return boto3.client(
             "s3",
@@ -106,6 +127,11 @@ def _parse_exports(text: str) -> dict[str, str]:
             key, _, value = line[len("export ") :].partition("=")
             env[key] = shlex.split(value)[0] if value else ""
     return env
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fault injection stops, freezes and kills components: it runs after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("faults") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -223,6 +249,12 @@ class ExtraInference:
     def restart(self, port: int, *, serving: bool = True) -> str:
         self._stop(port)
         return self._launch(port, serving=serving)
+
+    def process(self, port: int) -> subprocess.Popen[bytes]:
+        return self._procs[port]
+
+    def cache_dir(self, port: int) -> Path:
+        return Path(self._envs[port]["INFERENCE_CACHE_DIR"])
 
     def log(self, port: int) -> Path:
         return Path(tempfile.gettempdir()) / f"e2e-inference-{port}.log"

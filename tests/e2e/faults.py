@@ -41,6 +41,9 @@ class Load:
     connections: int = 4
     timeout_s: float = 10.0
     max_s: float = 300.0
+    # False: a new connection per request, so a refused connection is a request that never
+    # reached the server, and no request can meet a kept-alive connection being closed.
+    keepalive: bool = True
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -64,7 +67,10 @@ class Load:
         self._thread.join(self.timeout_s + 5)
 
     async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=self.connections)
+        limits = httpx.Limits(
+            max_connections=self.connections,
+            max_keepalive_connections=self.connections if self.keepalive else 0,
+        )
         deadline = time.monotonic() + self.max_s
         async with httpx.AsyncClient(
             headers=self.headers, timeout=self.timeout_s, limits=limits

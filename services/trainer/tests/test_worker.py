@@ -200,3 +200,51 @@ def test_retry_does_not_retry_a_bug() -> None:
     with pytest.raises(IntegrityError):
         retry_db(outage(1, bug), budget_s=60, what="x", sleep=clock.sleep, clock=clock.time)
     assert clock.now == 0
+
+
+def test_a_job_is_retried_through_an_outage_of_its_dependencies_not_failed() -> None:
+    import requests
+    from botocore.exceptions import EndpointConnectionError
+    from trainer.retry import is_outage, retry_outage
+
+    def http_error(status: int) -> requests.HTTPError:
+        response = requests.Response()
+        response.status_code = status
+        return requests.HTTPError(f"{status}", response=response)
+
+    # MLflow answering 401 while its user database is down, S3 away, a connection refused.
+    outages = [
+        http_error(401),
+        EndpointConnectionError(endpoint_url="http://s3"),
+        ConnectionError(),
+    ]
+    calls: list[int] = []
+    slept: list[float] = []
+
+    def run() -> str:
+        calls.append(1)
+        if len(calls) <= len(outages):
+            raise outages[len(calls) - 1]
+        return "trained"
+
+    assert retry_outage(run, budget_s=60, what="job", sleep=slept.append) == "trained"
+    assert slept == [2.0, 4.0, 8.0]
+    # The job's own faults are not outages: they fail at once.
+    assert not is_outage(ValueError("bad column"))
+    assert not is_outage(http_error(400))
+
+
+def test_an_outage_longer_than_the_budget_fails_the_job() -> None:
+    from trainer.retry import retry_outage
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def run() -> str:
+        raise ConnectionError("MLflow is down")
+
+    with pytest.raises(ConnectionError):
+        retry_outage(run, budget_s=20, what="job", sleep=sleep, clock=lambda: now[0])
+    assert now[0] == pytest.approx(20.0)

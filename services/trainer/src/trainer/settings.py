@@ -47,6 +47,13 @@ class TrainerSettings(ServiceSettings):
         description="How long a worker retries a job's claim or outcome while the database "
         "cannot be reached, before it gives the job up to the stale-job recovery",
     )
+    outage_retry_s: float = Field(
+        default=180.0,
+        ge=0,
+        le=3600,
+        description="How long a worker keeps retrying a job that failed because MLflow, S3, the "
+        "gateway or the database was unavailable (not because of its data) before failing it",
+    )
     mlflow_timeout_s: int = Field(
         default=60,
         ge=1,

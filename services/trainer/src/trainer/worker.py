@@ -30,7 +30,7 @@ from mlops_common.storage import ObjectStore
 from trainer.dispatch import describe, send_pending
 from trainer.jobs import MIGRATIONS, VERSION_TABLE, Job, JobStore, WorkerIdentity, pid_alive
 from trainer.queue import TASK_NAME, CeleryQueue, make_celery, recover_jobs
-from trainer.retry import retry_db
+from trainer.retry import retry_db, retry_outage
 from trainer.schemas import TrainRequest
 from trainer.settings import TrainerSettings
 from trainer.training import JobFailed, Trainer, TrainingResult
@@ -155,8 +155,15 @@ def _claim(store: JobStore, job_id: str, me: str) -> Job | None:
 
 def _run(store: JobStore, trainer: Trainer, job: Job, me: str) -> str:
     job_id = job.id
+    request = TrainRequest.model_validate(job.request)
     try:
-        result = trainer.run(TrainRequest.model_validate(job.request), job_id)
+        # Rerunning is safe: a run that registered its version before failing is finished,
+        # not repeated (one version per job).
+        result = retry_outage(
+            lambda: trainer.run(request, job_id),
+            budget_s=settings.outage_retry_s,
+            what=f"job {job_id}",
+        )
     except JobFailed as exc:
         log.error("job %s failed: %s", job_id, exc)
         return _fail(store, job_id, me, str(exc))

@@ -2,8 +2,11 @@
 
 Runs weekly, Mondays 03:00 UTC, once unpaused and on demand with params: `model_name`, `source`/`target`
 (the data set), `algorithm` and `algorithm_params`, `metric` and `margin` for the comparison, and
-the ETL params. A failed training or a rejected challenger shows in the UI with its reason in the
-task log.
+the ETL params. The trainer trains on the ETL's train split and scores the challenger and the
+champion (`alias`) on the ETL's test split, the same rows for both; `compare` takes its decision,
+`promote` moves the alias through the gateway. The job's run and version are tagged with this
+DAG run and the ETL manifest. A failed training or a rejected challenger shows in the UI with its
+reason in the task log.
 """
 
 from __future__ import annotations

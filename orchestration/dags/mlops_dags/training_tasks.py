@@ -10,7 +10,6 @@ from airflow.sdk import PokeReturnValue, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_dags.connections import GATEWAY, INFERENCE, TRAINER, service_client
-from mlops_dags.promotion import decide
 
 log = logging.getLogger(__name__)
 
@@ -22,19 +21,46 @@ def _fail_on_client_error(response: httpx.Response, what: str) -> None:
     response.raise_for_status()
 
 
-@task
-def submit_training(
-    manifest: dict[str, Any], params: dict[str, Any] | None = None, run_id: str | None = None
-) -> str:
-    """Ask the trainer to train on the ETL output; the key makes a retried task reuse the job."""
-    assert params is not None
-    body = {
+def training_request(
+    manifest: dict[str, Any], params: dict[str, Any], dag_id: str, run_id: str
+) -> dict[str, Any]:
+    """The trainer job for the ETL output: trained on its train split, evaluated with the
+    champion on its test split, decided by the trainer but not moved (``promote`` moves it)."""
+    return {
         "model_name": params["model_name"],
-        "dataset": {"uri": manifest["train_uri"], "target": manifest["target"]},
+        "dataset": {
+            "uri": manifest["train_uri"],
+            "test_uri": manifest["test_uri"],
+            "target": manifest["target"],
+        },
         "algorithm": params["algorithm"] or None,
         "params": params["algorithm_params"] or {},
-        "idempotency_key": f"airflow:train_and_promote:{run_id}:{params['model_name']}",
+        "promote": {
+            "alias": params["alias"],
+            "metric": params["metric"],
+            "min_improvement": float(params["margin"]),
+            "move_alias": False,
+        },
+        "lineage": {
+            "dag_id": dag_id,
+            "dag_run_id": run_id,
+            "etl_manifest": manifest["manifest_uri"],
+        },
+        "idempotency_key": f"airflow:{dag_id}:{run_id}:{params['model_name']}",
     }
+
+
+@task
+def submit_training(
+    manifest: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    dag: Any = None,
+) -> str:
+    """Ask the trainer to train on the ETL output; the key makes a retried task reuse the job."""
+    assert params is not None and run_id is not None
+    dag_id = str(getattr(dag, "dag_id", None) or "train_and_promote")
+    body = training_request(manifest, params, dag_id, run_id)
     with service_client(TRAINER) as client:
         response = client.post("/v1/train", json=body)
     _fail_on_client_error(response, "the trainer refused the job")
@@ -68,19 +94,30 @@ def wait_for_training(job_id: str) -> PokeReturnValue:
 
 @task
 def compare(job: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Challenger against champion on the registry's recorded holdout metric."""
+    """The trainer's comparison: challenger and champion scored on the ETL's test split."""
     assert params is not None
-    name, alias = params["model_name"], params["alias"]
-    with service_client(GATEWAY) as client:
-        response = client.get(f"/v1/models/{name}")
-    _fail_on_client_error(response, f"model {name}")
-    model = response.json()
-    champion_version = model["aliases"].get(alias)
-    champion = next((v for v in model["versions"] if v["version"] == champion_version), None)
-    candidate = {"version": job["model_version"], "metrics": job["metrics"]}
-    decision = decide(candidate, champion, alias, params["metric"], float(params["margin"]))
+    decision = job_decision(job, params["model_name"], params["alias"])
     log.info("decision: %s", decision["reason"])
-    return {**decision, "model_name": name, "alias": alias}
+    log.info("comparison: %s", decision.get("comparison"))
+    return decision
+
+
+def job_decision(job: dict[str, Any], name: str, alias: str) -> dict[str, Any]:
+    """The decision the trainer reported for ``alias``; one it did not make fails the run
+    (the registry's recorded metrics were measured on other rows: no fair comparison)."""
+    promotion = job.get("promotion")
+    if not promotion or promotion.get("alias") != alias or "promote" not in promotion:
+        raise AirflowFailException(
+            f"job {job.get('job_id')} reported no comparison for {name}@{alias} "
+            f"(promotion: {promotion!r}); is the trainer older than this DAG?"
+        )
+    return {
+        **promotion,
+        "promote": bool(promotion["promote"]),
+        "model_name": name,
+        "alias": alias,
+        "candidate_version": job["model_version"],
+    }
 
 
 @task.short_circuit

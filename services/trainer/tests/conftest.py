@@ -5,11 +5,14 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from fastapi.testclient import TestClient
+from mlflow.tracking import MlflowClient
 from mlops_common.auth import TokenStore
 from mlops_common.auth import metadata as auth_metadata
 from mlops_common.db import migrate
+from mlops_common.storage import ObjectTooLarge, S3Uri, StoredObject
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 from trainer.app import MIGRATIONS, VERSION_TABLE, create_app
@@ -151,3 +154,62 @@ def client(settings: TrainerSettings, engine: Engine, queue: FakeQueue) -> Itera
     app = create_app(settings, engine=engine, queue=queue, objects=object(), run_migrations=False)  # type: ignore[arg-type]
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
+    """A local MLflow tracking store (SQLite, artifacts in a folder) with experiment ``tests``."""
+    # set_tracking_uri also writes MLFLOW_TRACKING_URI: monkeypatch puts the variable back.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    try:
+        yield MlflowClient()
+    finally:
+        # None: a URI left set would send every later MLflow call in this process there.
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+class MemoryObjectStore:
+    """The ObjectStore calls the trainer makes, on objects in memory; ``down`` fails them all."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("the object store is unreachable")
+
+    def put_bytes(self, uri: S3Uri, data: bytes) -> None:
+        self.objects[str(uri)] = data
+
+    def put_dir(self, root: Path, prefix: S3Uri) -> None:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                key = f"{prefix.key.rstrip('/')}/{path.relative_to(root).as_posix()}"
+                self.put_bytes(S3Uri(prefix.bucket, key), path.read_bytes())
+
+    def get_bytes(self, uri: S3Uri, max_bytes: int | None = None) -> bytes:
+        self._check()
+        data = self.objects[str(uri)]
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLarge(uri, len(data))
+        return data
+
+    def size(self, uri: S3Uri) -> int:
+        self._check()
+        return len(self.objects[str(uri)])
+
+    def list_objects(self, prefix: S3Uri) -> list[StoredObject]:
+        self._check()
+        start = f"s3://{prefix.bucket}/{prefix.key}"
+        return [
+            StoredObject(uri.removeprefix(f"s3://{prefix.bucket}/"), len(data), "etag")
+            for uri, data in sorted(self.objects.items())
+            if uri.startswith(start)
+        ]
+
+    def download_file(self, uri: S3Uri, filename: str) -> None:
+        self._check()
+        Path(filename).write_bytes(self.objects[str(uri)])

@@ -15,6 +15,7 @@ from mlops_common.storage import ObjectStore
 from sqlalchemy import Engine
 from trainer.app import create_app
 from trainer.datasets import URI_PATTERN, check_dataset_uri, load_uri
+from trainer.schemas import TrainRequest
 from trainer.settings import TrainerSettings
 
 from .conftest import ADMIN_TOKEN, FakeQueue
@@ -191,3 +192,28 @@ def test_the_documented_uri_pattern_agrees_with_the_check(uri: str) -> None:
     if any(rule in uri for rule in bucket_rules):
         return  # finer rules than the pattern states
     assert accepted == bool(re.fullmatch(URI_PATTERN, uri)), uri
+
+
+def train_with_test(client: TestClient, test_uri: str) -> Any:
+    dataset = {"uri": "s3://data/t.csv", "test_uri": test_uri, "target": "y"}
+    return client.post("/v1/train", json={"model_name": "t", "dataset": dataset})
+
+
+@pytest.mark.parametrize("uri", ["s3://mlflow/t.csv", "s3://data/../t.csv", "s3://data/x.json"])
+def test_a_test_uri_is_held_to_the_rules_of_the_uri(client: TestClient, uri: str) -> None:
+    response = train_with_test(client, uri)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "dataset.test_uri"
+
+
+def test_a_test_uri_in_an_allowed_bucket_is_accepted(client: TestClient) -> None:
+    assert train_with_test(client, "s3://raw.data/t.csv").status_code == 202
+    missing = train_with_test(client, "s3://data/missing.csv")
+    assert missing.status_code == 422 and "no object at" in missing.json()["error"]["message"]
+
+
+def test_a_test_uri_goes_with_a_uri_only() -> None:
+    with pytest.raises(ValueError, match='"test_uri" applies only to "uri" data sets'):
+        TrainRequest.model_validate(
+            {"model_name": "t", "dataset": {"builtin": "iris", "test_uri": "s3://data/t.csv"}}
+        )

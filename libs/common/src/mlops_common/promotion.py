@@ -69,3 +69,60 @@ def decide(
         f"{current:.4f} by {gain:.4f} (≥ {min_improvement})"
     )
     return Decision(True, reason, gain)
+
+
+# Why a champion could not be scored on the comparison rows.
+#   refused: it failed the platform's checks (no or a bad signature, files not as signed, types
+#     skops may not load) or could not predict the rows; inference would refuse it as well.
+#   unavailable: its files or its registry entry could not be fetched: nothing is known of it.
+ChampionProblem = Literal["refused", "unavailable"]
+
+
+def decide_on_same_rows(
+    metric: str,
+    candidate: float | None,
+    champion: float | None,
+    min_improvement: float,
+    *,
+    alias: str,
+    champion_version: int | None,
+    rows_digest: str,
+    problem: ChampionProblem | None = None,
+    detail: str = "",
+) -> Decision:
+    """The decision between a challenger and the champion ``alias`` names, both scored on the
+    same rows (``rows_digest`` names them; it goes into the reason).
+
+    With both scores it is ``decide``'s rule. A champion that could not be scored is decided by
+    why (``problem``, explained by ``detail``):
+
+    * ``refused``: the challenger takes the alias. A version that fails the platform's checks
+      cannot be served (inference applies the same ones) nor compared, and keeping it would
+      leave the alias on a model nobody can verify.
+    * ``unavailable``: the champion keeps the alias. Its store or registry did not answer, which
+      says nothing about the model; a promotion must not ride on an outage.
+    """
+    rows = f"on the same rows ({rows_digest[:12]})"
+    if candidate is None or champion_version is None or problem is None:
+        verdict = decide(
+            metric,
+            candidate,
+            champion,
+            min_improvement,
+            alias=alias,
+            current_version=champion_version,
+        )
+        if verdict.gain is None:
+            return verdict
+        return Decision(verdict.promote, f"{verdict.reason} {rows}", verdict.gain)
+    if problem == "refused":
+        return Decision(
+            True,
+            f"promoted: {alias} v{champion_version} could not be scored {rows}: {detail} "
+            "(a champion that fails the platform's checks does not hold the alias)",
+        )
+    return Decision(
+        False,
+        f"not promoted: {alias} v{champion_version} could not be fetched to score it: {detail} "
+        "(the champion keeps the alias until it can be compared)",
+    )

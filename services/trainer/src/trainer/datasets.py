@@ -79,14 +79,14 @@ def check_dataset_uri(uri: str) -> S3Uri:
     return S3Uri(bucket, key)
 
 
-def check_dataset_bucket(uri: str, buckets: Collection[str]) -> None:
-    """422 on ``dataset.uri`` unless the URI's bucket is one data sets may be read from."""
+def check_dataset_bucket(uri: str, buckets: Collection[str], field: str = "dataset.uri") -> None:
+    """422 on ``field`` unless the URI's bucket is one data sets may be read from."""
     bucket = S3Uri.parse(uri).bucket
     if bucket not in buckets:
         raise Unprocessable(
             f"data sets are read only from the bucket(s) {', '.join(sorted(buckets))}, "
             f"not {bucket!r}",
-            field="dataset.uri",
+            field=field,
         )
 
 

@@ -98,6 +98,9 @@ class JobsHandler:
         if spec.uri is not None and spec.target is not None:
             check_dataset_bucket(spec.uri, self.dataset_buckets)
             check_target(self.objects, spec.uri, spec.target, self.max_dataset_bytes)
+        if spec.test_uri is not None and spec.target is not None:
+            check_dataset_bucket(spec.test_uri, self.dataset_buckets, field="dataset.test_uri")
+            check_target(self.objects, spec.test_uri, spec.target, self.max_dataset_bytes)
 
     def check_capacity(self, request: TrainRequest) -> None:
         """429 once the workers have ``max_active_jobs`` queued or running.

@@ -23,11 +23,15 @@ from trainer.datasets import MAX_URI_LENGTH, URI_PATTERN, check_dataset_uri
 # Printable text: PostgreSQL refuses NUL, and no other control character belongs in these fields.
 PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+# Airflow's own rule for DAG ids (KEY_REGEX).
+DAG_ID = r"^[A-Za-z0-9_.-]+$"
+MANIFEST_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\x00-\x1f\x7f-\x9f]*\.json$"
 MAX_PARAMS = 64
 
 
 class DatasetSpec(BaseModel):
-    """Either ``{"builtin": NAME}`` or ``{"uri": "s3://…csv|parquet", "target": COLUMN}``."""
+    """Either ``{"builtin": NAME}`` or ``{"uri": "s3://…csv|parquet", "target": COLUMN}``, the
+    latter optionally with ``test_uri``: a held-out split (the ETL's) to evaluate on."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -39,6 +43,7 @@ class DatasetSpec(BaseModel):
                         "builtin": {"type": "string"},
                         "uri": {"type": "null"},
                         "target": {"type": "null"},
+                        "test_uri": {"type": "null"},
                     },
                 },
                 {
@@ -73,6 +78,14 @@ class DatasetSpec(BaseModel):
         pattern=PRINTABLE,
         description="column to predict (with uri)",
     )
+    test_uri: str | None = Field(
+        default=None,
+        max_length=MAX_URI_LENGTH,
+        description="with uri: the held-out rows (same columns), e.g. the ETL's test split. The "
+        "job then trains on all of uri (test_size is not used), reports its metrics on these rows "
+        "and scores the champion on them too. Same rules as uri (bucket included)",
+        json_schema_extra={"pattern": URI_PATTERN},
+    )
 
     @field_validator("builtin")
     @classmethod
@@ -82,7 +95,7 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"unknown built-in data set {value!r}; known: {known}")
         return value
 
-    @field_validator("uri")
+    @field_validator("uri", "test_uri")
     @classmethod
     def _s3_table(cls, value: str | None) -> str | None:
         if value is not None:
@@ -97,6 +110,8 @@ class DatasetSpec(BaseModel):
             raise ValueError('"target" is required with "uri"')
         if self.builtin is not None and self.target is not None:
             raise ValueError('"target" applies only to "uri" data sets')
+        if self.builtin is not None and self.test_uri is not None:
+            raise ValueError('"test_uri" applies only to "uri" data sets')
         return self
 
 
@@ -116,6 +131,12 @@ class Promotion(BaseModel):
         json_schema_extra={"enum": [*ALL_METRICS, None]},
     )
     min_improvement: float = Field(default=0.0, ge=0.0, le=1e12, allow_inf_nan=False)
+    move_alias: bool = Field(
+        default=True,
+        description="false: decide only. The job scores challenger and champion on the same "
+        "rows and reports the decision (promotion.promote) but leaves the alias where it is, "
+        "for a caller that moves it itself (the train_and_promote DAG)",
+    )
 
     @field_validator("alias")
     @classmethod
@@ -131,6 +152,31 @@ class Promotion(BaseModel):
         if value is not None and value not in ALL_METRICS:
             raise ValueError(f"unknown metric {value!r}; known: {', '.join(ALL_METRICS)}")
         return value
+
+
+class Lineage(BaseModel):
+    """Where a job came from, when a pipeline submitted it: tagged on the run and the version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dag_id: str = Field(
+        min_length=1,
+        max_length=250,
+        pattern=DAG_ID,
+        description="Airflow DAG id (mlops.dag_id)",
+    )
+    dag_run_id: str = Field(
+        min_length=1,
+        max_length=250,
+        pattern=PRINTABLE,
+        description="Airflow DAG run id (mlops.dag_run_id)",
+    )
+    etl_manifest: str | None = Field(
+        default=None,
+        max_length=MAX_URI_LENGTH,
+        pattern=MANIFEST_URI,
+        description="s3:// URI of the ETL's manifest.json (mlops.etl_manifest)",
+    )
 
 
 class TrainRequest(BaseModel):
@@ -153,6 +199,9 @@ class TrainRequest(BaseModel):
         json_schema_extra=params_json_schema(),
     )
     promote: Promotion | None = None
+    lineage: Lineage | None = Field(
+        default=None, description="set by pipelines (the train_and_promote DAG); tags only"
+    )
     idempotency_key: (
         Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE)] | None
     ) = None
@@ -192,8 +241,17 @@ class JobView(BaseModel):
     task: str | None = None
     algorithm: str | None = None
     metrics: dict[str, float] | None = None
-    promoted: bool | None = None
-    promotion: dict[str, Any] | None = None
+    promoted: bool | None = Field(
+        default=None,
+        description="whether this job moved the alias (false with move_alias: false; "
+        "promotion.promote is the decision); null when no promotion was asked for",
+    )
+    promotion: dict[str, Any] | None = Field(
+        default=None,
+        description="the champion/challenger decision: alias, metric, candidate_value and "
+        "current_value (both scored on the same rows), promote, moved, reason, and comparison "
+        "(rows_source, rows, rows_digest, candidate_metrics, champion_metrics, champion_error)",
+    )
     error: str | None = None
     created_at: datetime
     started_at: datetime | None = None

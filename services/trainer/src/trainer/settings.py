@@ -76,6 +76,12 @@ class TrainerSettings(ServiceSettings):
         default=5.0, gt=0, le=10, description="How long a checked API token is trusted"
     )
     experiment_name: str = "trainer"
+    image: str | None = Field(
+        default=None,
+        max_length=500,
+        description="The image this worker runs (TRAINER_IMAGE, e.g. its tag or digest), "
+        "tagged on every run it trains as mlops.image",
+    )
     # A job whose worker died is retried this many times in all, then marked failed.
     max_attempts: int = 2
     # A running job whose heartbeat is older than this is taken to have lost its worker.

@@ -71,6 +71,7 @@ def _runtime() -> tuple[JobStore, Trainer]:
         dataset_buckets=settings.dataset_buckets,
         max_dataset_bytes=settings.max_dataset_bytes,
         signing_key=settings.signing_key.get_secret_value(),
+        image=settings.image,
     )
     return JobStore(make_engine(url, settings.db.pool_size)), trainer
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from mlops_common.auth import TokenStore
 from mlops_common.auth import metadata as auth_metadata
 from mlops_common.settings import DatabaseSettings, MLflowSettings, S3Settings
-from mlops_common.storage import S3Uri
+from mlops_common.storage import ObjectTooLarge, S3Uri
 from model_gateway.app import create_app
 from model_gateway.db import metadata
 from model_gateway.settings import GatewaySettings
@@ -93,6 +93,7 @@ class FakeMlflow:
         download_uri: str,
         run_id: str | None = None,
         status: str = "READY",
+        tags: dict[str, str] | None = None,
     ) -> int:
         model = self.models[name]
         number = len(model["versions"]) + 1
@@ -111,21 +112,43 @@ class FakeMlflow:
         }
         if run_id:
             mv["run_id"] = run_id
+        if tags:
+            mv["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
         model["versions"][number] = mv
         return number
 
     def add_run(
-        self, run_id: str, metrics: dict[str, Any], params: dict[str, str] | None = None
+        self,
+        run_id: str,
+        metrics: dict[str, Any],
+        params: dict[str, str] | None = None,
+        *,
+        tags: dict[str, str] | None = None,
+        experiment_id: str = "1",
+        start_time: int | None = None,
+        end_time: int | None = None,
     ) -> None:
-        self.runs[run_id] = {
-            "info": {"run_id": run_id, "status": "FINISHED"},
-            "data": {
-                "metrics": [
-                    {"key": k, "value": v, "timestamp": 1, "step": 0} for k, v in metrics.items()
-                ],
-                "params": [{"key": k, "value": v} for k, v in (params or {}).items()],
-            },
+        info: dict[str, Any] = {
+            "run_id": run_id,
+            "run_uuid": run_id,
+            "run_name": f"run-{run_id}",
+            "experiment_id": experiment_id,
+            "status": "FINISHED",
+            "lifecycle_stage": "active",
         }
+        if start_time is not None:
+            info["start_time"] = start_time
+        if end_time is not None:
+            info["end_time"] = end_time
+        data: dict[str, Any] = {
+            "metrics": [
+                {"key": k, "value": v, "timestamp": 1, "step": 0} for k, v in metrics.items()
+            ],
+            "params": [{"key": k, "value": v} for k, v in (params or {}).items()],
+        }
+        if tags:
+            data["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+        self.runs[run_id] = {"info": info, "data": data}
 
     def path_calls(self, suffix: str) -> int:
         return sum(1 for _, path, _ in self.calls if path.endswith(suffix))
@@ -276,11 +299,13 @@ class FakeStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.reads: list[str] = []
+        self.limits: list[int | None] = []
 
-    def get_bytes(self, uri: S3Uri) -> bytes:
+    def get_bytes(self, uri: S3Uri, max_bytes: int | None = None) -> bytes:
         self.reads.append(str(uri))
+        self.limits.append(max_bytes)
         try:
-            return self.objects[str(uri)]
+            data = self.objects[str(uri)]
         except KeyError:
             raise ClientError(
                 {
@@ -289,6 +314,9 @@ class FakeStore:
                 },
                 "GetObject",
             ) from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLarge(uri, len(data))
+        return data
 
 
 # Seeded registry: iris v1 (mlflow-artifacts:/, sklearn), v2 (direct s3://, sklearn, champion),

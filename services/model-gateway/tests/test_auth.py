@@ -26,6 +26,7 @@ PROTECTED = [
     ("PUT", "/v1/models/iris/aliases/champion", {"version": 3}),
     ("GET", "/v1/models/iris/aliases/champion/history", None),
     ("GET", "/v1/models/iris/audit", None),
+    ("GET", "/v1/models/iris/versions/1/lineage", None),
     ("GET", "/v1/tokens", None),
     ("POST", "/v1/tokens", {"name": "x", "scopes": ["predict"]}),
     ("DELETE", "/v1/tokens/x", None),

@@ -98,6 +98,7 @@ def _name_routes(name: str) -> list[tuple[str, str]]:
         ("PUT", f"/v1/models/{name}/aliases/champion"),
         ("GET", f"/v1/models/{name}/aliases/champion/history"),
         ("GET", f"/v1/models/{name}/audit"),
+        ("GET", f"/v1/models/{name}/versions/1/lineage"),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from mlops_common.errors import UpstreamError
 from mlops_common.settings import DatabaseSettings, S3Settings
+from mlops_common.signing import generate_key_pair
 from model_gateway.mlmodel import parse_mlmodel, to_s3_uri
 from model_gateway.settings import GatewaySettings
 from pydantic import ValidationError
@@ -101,3 +102,49 @@ def test_settings_reject_placeholder_db_password_in_prod() -> None:
         _settings(environment="prod", db=DatabaseSettings(url=url))
     assert "changeme" not in str(raised.value)
     assert _settings(environment="dev", db=DatabaseSettings(url=url)).environment == "dev"
+
+
+def test_trusted_signing_keys_are_read_comma_separated_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = generate_key_pair()[1], generate_key_pair()[1]
+    monkeypatch.setenv("GATEWAY_TRUSTED_SIGNING_KEYS", f" {first} ,{second},")
+
+    settings = _settings()
+
+    assert settings.trusted_signing_keys == [first, second]
+    verifier = settings.manifest_verifier()
+    assert verifier is not None and len(verifier.key_ids) == 2
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_no_trusted_signing_keys_means_no_verifier(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GATEWAY_TRUSTED_SIGNING_KEYS", value)
+
+    assert _settings().manifest_verifier() is None
+
+
+@pytest.mark.parametrize("key", ["not-base64!", "c2hvcnQ=", generate_key_pair()[0] + "x"])
+def test_a_malformed_trusted_signing_key_fails_at_start(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    monkeypatch.setenv("GATEWAY_TRUSTED_SIGNING_KEYS", key)
+
+    with pytest.raises(ValidationError, match="trusted_signing_keys"):
+        _settings()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"served_by_window_s": 5, "served_by_write_interval_s": 5}, "WRITE_INTERVAL_S"),
+        ({"served_by_window_s": 60, "served_by_retention_s": 30}, "RETENTION_S"),
+    ],
+)
+def test_served_by_intervals_must_fit_the_window(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _settings(**overrides)

@@ -16,8 +16,17 @@ from mlops_common.names import (
 )
 from mlops_common.service import from_state
 
-from model_gateway.handlers import GatewayHandler
+from model_gateway.handlers import (
+    INSTANCE_HEADER,
+    INSTANCE_PATTERN,
+    MAX_INSTANCE_LENGTH,
+    SERVED_VERSION_HEADER,
+    SERVED_VERSION_PATTERN,
+    GatewayHandler,
+    InstanceHeaders,
+)
 from model_gateway.schemas import (
+    MAX_VERSION,
     AliasMove,
     AuditHistory,
     CreatedToken,
@@ -25,6 +34,7 @@ from model_gateway.schemas import (
     Health,
     Introspection,
     IntrospectRequest,
+    Lineage,
     ModelDetail,
     MoveAliasRequest,
     ResolvedAlias,
@@ -56,9 +66,38 @@ async def get_on_behalf_of(
     return actor
 
 
+async def get_instance_headers(
+    x_inference_instance: Annotated[
+        str | None,
+        Header(
+            alias=INSTANCE_HEADER,
+            description="Sent by inference instances: the host:port of the instance, recorded "
+            "with X-Served-Version for the lineage's served_by (a malformed value is not "
+            "recorded; the resolve is answered all the same)",
+            json_schema_extra={"maxLength": MAX_INSTANCE_LENGTH, "pattern": INSTANCE_PATTERN},
+        ),
+    ] = None,
+    x_served_version: Annotated[
+        str | None,
+        Header(
+            alias=SERVED_VERSION_HEADER,
+            description="Sent by inference instances: the version the instance serves now, "
+            "empty before it has loaded one",
+            json_schema_extra={"maxLength": 10, "pattern": SERVED_VERSION_PATTERN},
+        ),
+    ] = None,
+) -> InstanceHeaders | None:
+    instance = (x_inference_instance or "").strip()
+    if not instance:
+        return None
+    served = (x_served_version or "").strip()
+    return InstanceHeaders(instance=instance, served_version=served or None)
+
+
 HandlerDep = Annotated[GatewayHandler, Depends(from_state("handler"))]
 TokensDep = Annotated[TokensHandler, Depends(from_state("tokens"))]
 OnBehalfOf = Annotated[str | None, Depends(get_on_behalf_of)]
+InstanceReport = Annotated[InstanceHeaders | None, Depends(get_instance_headers)]
 ModelReader = Annotated[Principal, Depends(requires("models:read", model_param="name"))]
 ModelPromoter = Annotated[Principal, Depends(requires("models:promote", model_param="name"))]
 Admin = Annotated[Principal, Depends(requires("admin"))]
@@ -89,6 +128,9 @@ SettableAlias = Annotated[
 ]
 TokenName = Annotated[
     str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN.pattern, description="Token name")
+]
+VersionNumber = Annotated[
+    int, Path(ge=1, le=MAX_VERSION, description="Version number of the registered model")
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="Most records to return")]
 
@@ -122,10 +164,19 @@ async def describe_model(name: ModelName, handler: HandlerDep, _: ModelReader) -
 
 @router.get("/v1/models/{name}/aliases/{alias}", responses=_errors)
 async def resolve_alias(
-    name: ModelName, alias: AliasName, handler: HandlerDep, _: ModelReader
+    name: ModelName,
+    alias: AliasName,
+    handler: HandlerDep,
+    principal: ModelReader,
+    report: InstanceReport,
 ) -> ResolvedAlias:
-    """Resolve ``name@alias`` to the model version's s3:// artifacts, flavor and signature."""
-    return await handler.resolve(name, alias)
+    """Resolve ``name@alias`` to the model version's s3:// artifacts, flavor and signature.
+
+    Inference instances say which version they serve in ``X-Inference-Instance`` and
+    ``X-Served-Version``; the gateway records it in the background for the lineage's
+    ``served_by``.
+    """
+    return await handler.resolve(name, alias, report=report, reporter=principal.name)
 
 
 @router.put(
@@ -166,6 +217,17 @@ async def model_audit(
 ) -> AuditHistory:
     """Moves of every alias of the model, newest first."""
     return await handler.history(name, None, limit)
+
+
+@router.get("/v1/models/{name}/versions/{version}/lineage", responses=_errors)
+async def version_lineage(
+    name: ModelName, version: VersionNumber, handler: HandlerDep, _: ModelReader
+) -> Lineage:
+    """Where a version comes from and where it went, in one call: the data (and the ETL
+    manifest), the DAG run, the training run, the registered version with its signature
+    checked, every alias move to or from it, the aliases naming it now and the inference
+    instances serving it."""
+    return await handler.lineage(name, version)
 
 
 @router.post(

@@ -57,6 +57,7 @@ def create_app(
             auth=settings.mlflow.basic_auth(),
         )
         own_events: RedisAliasEvents | None = None
+        handler: GatewayHandler | None = None
         try:
             events: AliasEvents
             if publisher is not None:
@@ -79,7 +80,7 @@ def create_app(
                 database_source(tokens), ttl_s=settings.token_cache_ttl_s
             )
             app.state.tokens = TokensHandler(tokens, verifier)
-            app.state.handler = GatewayHandler(
+            app.state.handler = handler = GatewayHandler(
                 mlflow=MlflowClient(http),
                 store=store or ObjectStore.from_settings(settings.s3),
                 engine=db_engine,
@@ -89,6 +90,9 @@ def create_app(
             )
             yield
         finally:
+            if handler is not None:
+                # Served-version reports still being written need the engine.
+                await handler.aclose()
             await http.aclose()
             if own_events is not None:
                 await own_events.aclose()

@@ -1,4 +1,5 @@
-"""The gateway's own table: one audit row per alias move."""
+"""The gateway's own tables: one audit row per alias move, one row per inference instance and
+alias it resolves (what that instance last said it serves)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_gateway"
@@ -28,6 +30,20 @@ alias_audit = sa.Table(
     sa.Column("reason", sa.Text(), nullable=True),
     sa.Column("moved_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_alias_audit_model_alias_moved_at", "model_name", "alias", "moved_at"),
+)
+
+# One row per (instance, model, alias): what the instance last reported serving, and when.
+served_versions = sa.Table(
+    "served_versions",
+    metadata,
+    sa.Column("instance", sa.String(255), primary_key=True),
+    sa.Column("model_name", sa.String(256), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("served_version", sa.Integer(), nullable=True),
+    sa.Column("reported_by", sa.String(64), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_served_versions_model_version", "model_name", "served_version"),
+    sa.Index("ix_served_versions_last_seen", "last_seen"),
 )
 
 
@@ -82,20 +98,123 @@ def list_moves(engine: Engine, model_name: str, alias: str | None, limit: int) -
     query = query.order_by(alias_audit.c.moved_at.desc(), alias_audit.c.id.desc()).limit(limit)
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
+    return [_audit_record(row) for row in rows]
+
+
+def _audit_record(row: sa.RowMapping) -> AuditRecord:
+    return AuditRecord(
+        id=row["id"],
+        model_name=row["model_name"],
+        alias=row["alias"],
+        from_version=row["from_version"],
+        to_version=row["to_version"],
+        actor=row["actor"],
+        on_behalf_of=row["on_behalf_of"],
+        reason=row["reason"],
+        moved_at=as_utc(row["moved_at"]),
+    )
+
+
+def list_version_moves(
+    engine: Engine, model_name: str, version: int, limit: int
+) -> list[AuditRecord]:
+    """Moves of any alias of the model to or from ``version``, oldest first."""
+    query = (
+        sa.select(alias_audit)
+        .where(
+            alias_audit.c.model_name == model_name,
+            sa.or_(alias_audit.c.to_version == version, alias_audit.c.from_version == version),
+        )
+        .order_by(alias_audit.c.moved_at.asc(), alias_audit.c.id.asc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [_audit_record(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class ServedRecord:
+    instance: str
+    model_name: str
+    alias: str
+    served_version: int | None
+    reported_by: str
+    last_seen: datetime
+
+
+def record_served(
+    engine: Engine,
+    *,
+    instance: str,
+    model_name: str,
+    alias: str,
+    served_version: int | None,
+    reported_by: str,
+    seen_at: datetime,
+) -> None:
+    """Insert or refresh one instance's report for one alias."""
+    values = {
+        "instance": instance,
+        "model_name": model_name,
+        "alias": alias,
+        "served_version": served_version,
+        "reported_by": reported_by,
+        "last_seen": seen_at,
+    }
+    changes = {k: values[k] for k in ("served_version", "reported_by", "last_seen")}
+    keys = [served_versions.c.instance, served_versions.c.model_name, served_versions.c.alias]
+    with engine.begin() as conn:
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            pg = postgresql.insert(served_versions).values(**values)
+            conn.execute(pg.on_conflict_do_update(index_elements=keys, set_=changes))
+        elif dialect == "sqlite":
+            lite = sqlite.insert(served_versions).values(**values)
+            conn.execute(lite.on_conflict_do_update(index_elements=keys, set_=changes))
+        else:
+            updated = conn.execute(
+                served_versions.update()
+                .where(*(column == values[column.name] for column in keys))
+                .values(**changes)
+            )
+            if updated.rowcount == 0:
+                conn.execute(served_versions.insert().values(**values))
+
+
+def list_served(
+    engine: Engine, model_name: str, version: int, since: datetime
+) -> list[ServedRecord]:
+    """Instances that reported serving ``version`` of the model at ``since`` or later."""
+    query = (
+        sa.select(served_versions)
+        .where(
+            served_versions.c.model_name == model_name,
+            served_versions.c.served_version == version,
+            served_versions.c.last_seen >= since,
+        )
+        .order_by(served_versions.c.instance, served_versions.c.alias)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
     return [
-        AuditRecord(
-            id=row["id"],
+        ServedRecord(
+            instance=row["instance"],
             model_name=row["model_name"],
             alias=row["alias"],
-            from_version=row["from_version"],
-            to_version=row["to_version"],
-            actor=row["actor"],
-            on_behalf_of=row["on_behalf_of"],
-            reason=row["reason"],
-            moved_at=as_utc(row["moved_at"]),
+            served_version=row["served_version"],
+            reported_by=row["reported_by"],
+            last_seen=as_utc(row["last_seen"]),
         )
         for row in rows
     ]
+
+
+def prune_served(engine: Engine, before: datetime) -> int:
+    """Delete reports last seen before ``before``; returns how many."""
+    with engine.begin() as conn:
+        result = conn.execute(served_versions.delete().where(served_versions.c.last_seen < before))
+    return int(result.rowcount or 0)
 
 
 def ping(engine: Engine) -> None:

@@ -20,3 +20,15 @@ class GatewayMetrics:
             "polling)",
             registry=registry,
         )
+        self.served_reports_refused = Counter(
+            "gateway_served_reports_refused_total",
+            "Resolves whose X-Inference-Instance or X-Served-Version header was malformed (the "
+            "resolve is answered, the report is not recorded)",
+            registry=registry,
+        )
+        self.served_reports_failed = Counter(
+            "gateway_served_reports_failed_total",
+            "Served-version reports that could not be recorded (database error, or too many "
+            "writes pending)",
+            registry=registry,
+        )

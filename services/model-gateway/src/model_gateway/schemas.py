@@ -195,3 +195,112 @@ class Introspection(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     models: str | None = None
     expires_at: datetime | None = None
+
+
+# -- lineage -----------------------------------------------------------------------------------
+
+SignatureStatus = Literal["verified", "unverified", "invalid", "missing"]
+
+
+class LineageDataset(BaseModel):
+    """The training data as the training run recorded it (run params ``dataset_*``)."""
+
+    source: str | None = Field(
+        description="s3:// URI of the data, or sklearn:<name> for a built-in data set"
+    )
+    builtin: bool = Field(description="true for a data set shipped with a library (no URI)")
+    digest: str | None = Field(description="digest of the data the model was trained on")
+    rows: int | None = Field(description="rows read (before the train/test split)")
+    etl_manifest: str | None = Field(
+        description="s3:// URI of the manifest.json of the ETL run that produced the data (run "
+        "tag mlops.etl_manifest); null when the data did not come from the ETL"
+    )
+
+
+class LineageEtl(BaseModel):
+    """The Airflow DAG run the training job came from (run tags ``mlops.dag_id`` and
+    ``mlops.dag_run_id``)."""
+
+    dag_id: str | None
+    dag_run_id: str | None
+
+
+class LineageTrainingRun(BaseModel):
+    run_id: str
+    experiment_id: str | None
+    run_name: str | None
+    status: str | None = Field(description="MLflow run status, e.g. FINISHED")
+    params: dict[str, str]
+    metrics: dict[str, float | None] = Field(description="latest value of each run metric")
+    started_at: datetime | None
+    ended_at: datetime | None
+    code_version: str | None = Field(
+        description="trainer package version (run tag mlops.trainer_version)"
+    )
+    image: str | None = Field(description="container image of the trainer (run tag mlops.image)")
+    job_id: str | None = Field(description="trainer job id (run tag trainer.job_id)")
+
+
+class SignatureCheck(BaseModel):
+    """The version's signed manifest (``mlops-signature.json``) checked by the gateway.
+
+    ``verified``: a trusted key (``GATEWAY_TRUSTED_SIGNING_KEYS``) signed it for this model, and
+    its digest is the version's ``mlops.manifest_sha256`` tag. ``unverified``: the file exists
+    but the gateway has no keys to check it with. ``invalid``: it does not verify (``reason``
+    says why). ``missing``: the version has no signature file. The files themselves are checked
+    against the manifest by inference when it loads them, not here.
+    """
+
+    status: SignatureStatus
+    reason: str | None = Field(default=None, description="why the signature is invalid")
+    manifest_sha256: str | None = Field(description="the version's mlops.manifest_sha256 tag")
+    signed_by: str | None = Field(description="the version's mlops.signed_by tag (a key id)")
+    signed_at: str | None = Field(
+        default=None, description="when the manifest was signed (verified signatures only)"
+    )
+
+
+class LineageVersion(BaseModel):
+    name: str
+    version: int
+    status: str | None
+    created_at: datetime | None
+    artifact_uri: str = Field(description="s3://bucket/key of the model version's artifacts")
+    run_id: str | None
+    source: str | None
+    job_id: str | None = Field(description="trainer job that registered it (tag mlops.job_id)")
+    signature: SignatureCheck
+
+
+class ServedBy(BaseModel):
+    instance: str = Field(description="host:port the inference instance reported")
+    alias: str = Field(description="alias the instance resolves")
+    last_seen: datetime
+    reported_by: str = Field(description="name of the token the report came with")
+
+
+class Lineage(BaseModel):
+    """Where a model version comes from and where it went: data, DAG run, training run,
+    registered version, alias moves and the inference instances serving it."""
+
+    dataset: LineageDataset | None = Field(
+        description="null when the version has no readable training run or the run recorded "
+        "no dataset"
+    )
+    etl: LineageEtl | None = Field(description="null when the job did not come from a DAG run")
+    training_run: LineageTrainingRun | None = Field(
+        description="null when the version has no run or the run was deleted"
+    )
+    version: LineageVersion
+    alias_moves: list[AuditEntry] = Field(
+        description="audited moves of any alias to or from this version, oldest first"
+    )
+    alias_moves_truncated: bool = Field(
+        description="true when there were more moves than the response holds"
+    )
+    aliases_now: list[str] = Field(description="aliases naming this version now")
+    served_by: list[ServedBy] = Field(
+        description="inference instances that reported serving this version within "
+        "served_by_window_s seconds"
+    )
+    served_by_window_s: float

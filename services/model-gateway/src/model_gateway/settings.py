@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Self
 
 from mlops_common.settings import (
     DatabaseSettings,
@@ -13,8 +13,9 @@ from mlops_common.settings import (
     from_env,
     refuse_placeholder_secrets,
 )
+from mlops_common.signing import ManifestVerifier
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -63,6 +64,63 @@ class GatewaySettings(ServiceSettings):
         description="How long a checked token is trusted before the database is asked again "
         "(the longest a revocation takes to bite)",
     )
+    trusted_signing_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Public keys (base64, comma-separated) whose signatures on model artifacts "
+        "the lineage reports as verified; more than one while the signing key is rotated. Empty: "
+        "signatures are reported as unverified",
+    )
+    served_by_window_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="An inference instance counts as serving a version when it reported so "
+        "within this many seconds",
+    )
+    served_by_write_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Least time between two writes of one instance's unchanged report (each "
+        "resolve carries one); must be below GATEWAY_SERVED_BY_WINDOW_S",
+    )
+    served_by_retention_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Reports older than this are deleted; must be at least "
+        "GATEWAY_SERVED_BY_WINDOW_S",
+    )
+
+    @field_validator("trusted_signing_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_signing_keys")
+    @classmethod
+    def _valid_keys(cls, value: list[str]) -> list[str]:
+        if value:
+            ManifestVerifier(value)  # a malformed key fails at start-up, not on a lineage call
+        return value
+
+    @model_validator(mode="after")
+    def _served_by_intervals(self) -> Self:
+        if self.served_by_write_interval_s >= self.served_by_window_s:
+            raise ValueError(
+                "GATEWAY_SERVED_BY_WRITE_INTERVAL_S must be below GATEWAY_SERVED_BY_WINDOW_S, or "
+                "instances that keep reporting would drop out of served_by"
+            )
+        if self.served_by_retention_s < self.served_by_window_s:
+            raise ValueError(
+                "GATEWAY_SERVED_BY_RETENTION_S must be at least GATEWAY_SERVED_BY_WINDOW_S"
+            )
+        return self
+
+    def manifest_verifier(self) -> ManifestVerifier | None:
+        """The verifier of the trusted keys, or None when no key is configured."""
+        return ManifestVerifier(self.trusted_signing_keys) if self.trusted_signing_keys else None
 
     @field_validator("redis_url")
     @classmethod

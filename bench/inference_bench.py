@@ -79,11 +79,19 @@ PROFILES: dict[str, list[Cell]] = {
     "full": [(m, r, c) for m in ("lr", "rf", "mixed") for r in (1, 100) for c in (8, 64)],
     # What checking a token costs: run with --servers inference,inference-noauth.
     "auth": [("lr", 1, 8), ("lr", 1, 64)],
+    # What the prediction log costs (issue 14): run with --servers inference,inference-nolog
+    # and --inference-env INFERENCE_PREDICTION_LOG_ENABLED=true (the log ships off).
+    "predlog": [("lr", 1, 8), ("lr", 1, 64), ("lr", 100, 8)],
+}
+# Second inference processes that differ from ``inference`` by one setting: a feature's cost.
+INFERENCE_VARIANTS: dict[str, dict[str, str]] = {
+    "inference-noauth": {"INFERENCE_AUTH_ENABLED": "false"},
+    "inference-nolog": {"INFERENCE_PREDICTION_LOG_ENABLED": "false"},
 }
 ALL_SERVERS = (
     "inference",
     "inference-v2",
-    "inference-noauth",
+    *INFERENCE_VARIANTS,
     "mlflow",
     "mlserver",
     "mlserver-batching",
@@ -128,7 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(PROFILES),
         default="issue",
         help="issue: LR 1 and 100 rows at 8 conns + RF 1 row at 64 (issue 4's table, ~8 min); "
-        "full: lr, rf, mixed x 1|100 rows x 8|64 conns (~27 min; ~34 with inference-v2)",
+        "full: lr, rf, mixed x 1|100 rows x 8|64 conns (~27 min; ~34 with inference-v2); "
+        "auth, predlog: with --servers inference,inference-noauth|nolog, a feature's cost",
     )
     grid.add_argument("--models", type=_csv(str), help="grid instead of a profile: lr,rf,mixed")
     grid.add_argument("--rows", type=_csv(int), help="grid: rows per request (default 1,100)")
@@ -379,19 +388,20 @@ def start_servers(
         launches.append(
             launch_inference(procs, model, env, workdir, core, inference_env(args), ours)
         )
-    if "inference-noauth" in args.servers:
-        launches.append(
-            launch_inference(
-                procs,
-                model,
-                env,
-                workdir,
-                core,
-                {**inference_env(args), "INFERENCE_AUTH_ENABLED": "false"},
-                ["inference-noauth"],
-                instance="-noauth",
+    for key, setting in INFERENCE_VARIANTS.items():
+        if key in args.servers:
+            launches.append(
+                launch_inference(
+                    procs,
+                    model,
+                    env,
+                    workdir,
+                    core,
+                    {**inference_env(args), **setting},
+                    [key],
+                    instance=key.removeprefix("inference"),
+                )
             )
-        )
     if "mlflow" in args.servers:
         launches.append(launch_mlflow(procs, model, env, workdir, core))
     variants = [s for s in ("mlserver", "mlserver-batching") if s in args.servers]

@@ -179,6 +179,7 @@ SERVER_LABELS = {
     "inference": "this platform's inference",
     "inference-v2": "this platform's inference, V2 API",
     "inference-noauth": "this platform's inference, token check off",
+    "inference-nolog": "this platform's inference, prediction log off",
     "mlflow": "mlflow models serve",
     "mlserver": "MLServer (mlflow runtime)",
     "mlserver-batching": "MLServer + adaptive batching",
@@ -248,8 +249,10 @@ def launch_inference(
     """This platform's inference service (its console script), serving ``model@champion``.
 
     ``keys``: ``inference`` (``POST /predict``) and/or ``inference-v2`` (its Open Inference
-    Protocol endpoint), both answered by the one process; ``inference-noauth`` is ``/predict``
-    of a second process started with ``INFERENCE_AUTH_ENABLED=false`` (``instance`` names it).
+    Protocol endpoint), both answered by the one process; ``inference-noauth`` and
+    ``inference-nolog`` are ``/predict`` of a second process started with
+    ``INFERENCE_AUTH_ENABLED=false`` or ``INFERENCE_PREDICTION_LOG_ENABLED=false``
+    (``instance`` names it).
     """
     port = free_port()
     suffix = f"{model.key}{instance}"
@@ -278,6 +281,7 @@ def launch_inference(
     urls = {
         "inference": f"{base}/predict",
         "inference-noauth": f"{base}/predict",
+        "inference-nolog": f"{base}/predict",
         "inference-v2": f"{base}/v2/models/{model.name}/infer",
     }
     servers = [

@@ -7,8 +7,10 @@ through ``httpx.ASGITransport``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,6 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from fastapi import FastAPI
@@ -244,6 +248,43 @@ class FakeStore:
         shutil.copyfile(self._path(uri), filename)
 
 
+class RecordingStore:
+    """The object store's uploads (prediction log, feedback), kept in memory by URI.
+
+    While ``down`` every upload fails as boto3 does when the endpoint cannot be reached; while
+    ``gate`` is set to an unset Event, uploads wait for it (a slow store).
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.attempts = 0
+        self.down = False
+        self.gate: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def put_bytes(self, uri: S3Uri, data: bytes) -> None:
+        with self._lock:
+            self.attempts += 1
+        gate = self.gate
+        if gate is not None:
+            gate.wait(30)
+        if self.down:
+            raise EndpointConnectionError(endpoint_url="http://s3.test:9000/data")
+        with self._lock:
+            self.objects[str(uri)] = data
+
+    def keys(self, prefix: str) -> list[str]:
+        """URIs under ``prefix`` (``s3://data/predictions/``), in the order they were written."""
+        with self._lock:
+            return [uri for uri in self.objects if uri.startswith(prefix)]
+
+    def table(self, prefix: str) -> pa.Table:
+        """Every Parquet file under ``prefix`` read back and concatenated, in write order."""
+        tables = [pq.read_table(io.BytesIO(self.objects[uri])) for uri in self.keys(prefix)]
+        assert tables, f"nothing written under {prefix}: {sorted(self.objects)}"
+        return pa.concat_tables(tables)
+
+
 @dataclass
 class FakeGateway:
     """The model-gateway's alias and token-introspection endpoints; tests move aliases by
@@ -266,9 +307,13 @@ class FakeGateway:
     introspections: int = 0
     # Introspection requests to drop as a closed kept-alive connection would.
     dropped_introspections: int = 0
+    # Headers of every alias resolve, oldest first.
+    resolve_headers: list[httpx.Headers] = field(default_factory=list)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
+        if "/aliases/" in request.url.path:
+            self.resolve_headers.append(request.headers)
         if self.down:
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         if self.fail_with is not None:
@@ -372,6 +417,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> InferenceSettings:
         "s3": S3Settings(access_key_id="test", secret_access_key=SecretStr("test-secret")),
         "max_batch_rows": 50,
         "trusted_signing_keys": [SIGNING_PUBLIC_KEY],
+        # On in the ``service`` fixture, which gives the app a RecordingStore: elsewhere an app
+        # would write to a real S3 client.
+        "prediction_log_enabled": False,
+        "instance_id": "inference-test:8800",
     }
     values.update(overrides)
     return InferenceSettings(**values)
@@ -391,6 +440,8 @@ class Service:
     client: httpx.AsyncClient
     manager: ModelManager
     settings: InferenceSettings
+    metrics: InferenceMetrics
+    records: RecordingStore
 
     async def post_json(self, path: str, body: Any) -> httpx.Response:
         return await self.client.post(path, json=body)
@@ -410,14 +461,21 @@ def service(
     """``async with service("churn") as svc``: an app whose manager the test drives by hand.
 
     ``artifact_store`` replaces the ``FakeStore`` the manager downloads from, ``loader`` the
-    function that loads a model version.
+    function that loads a model version, ``record_store`` the ``RecordingStore`` the prediction
+    log (on unless overridden) and the feedback are written to.
     """
 
     @asynccontextmanager
     async def factory(
-        model_name: str = "churn", artifact_store: Any = None, loader: Any = None, **overrides: Any
+        model_name: str = "churn",
+        artifact_store: Any = None,
+        loader: Any = None,
+        record_store: RecordingStore | None = None,
+        **overrides: Any,
     ) -> AsyncIterator[Service]:
+        overrides.setdefault("prediction_log_enabled", True)
         settings = make_settings(tmp_path, model_name=model_name, **overrides)
+        records = RecordingStore() if record_store is None else record_store
         # A gateway that is down fails at once: the transport's retries (mlops_common's to
         # test) would only slow these tests down.
         gateway_client = make_async_client(
@@ -427,7 +485,7 @@ def service(
         manager = ModelManager(
             model_name=settings.model_name,
             alias=settings.model_alias,
-            gateway=GatewayClient(gateway_client),
+            gateway=GatewayClient(gateway_client, instance=settings.instance),
             store=store if artifact_store is None else artifact_store,
             cache_dir=settings.cache_dir,
             verifier=settings.manifest_verifier(),
@@ -442,6 +500,7 @@ def service(
             manager=manager,
             metrics=metrics,
             gateway_transport=httpx.MockTransport(gateway.handler),
+            record_store=records,
         )
         async with (
             gateway_client,
@@ -452,9 +511,21 @@ def service(
                 headers=CALLER,
             ) as client,
         ):
-            yield Service(app=app, client=client, manager=manager, settings=settings)
+            yield Service(
+                app=app,
+                client=client,
+                manager=manager,
+                settings=settings,
+                metrics=metrics,
+                records=records,
+            )
 
     return factory
+
+
+def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    """An answer without what differs per request: ``request_id`` (``/predict``), ``id`` (V2)."""
+    return {key: value for key, value in body.items() if key not in ("request_id", "id")}
 
 
 def rows_as_json(frame: pd.DataFrame) -> list[dict[str, Any]]:

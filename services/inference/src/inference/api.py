@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -10,15 +11,27 @@ from fastapi.responses import JSONResponse
 from mlops_common.errors import ErrorResponse
 
 from inference.body_limit import read_body
-from inference.deps import HandlerDep, ServingDep
+from inference.deps import FeedbackDep, HandlerDep, ServingDep
+from inference.request_ids import HEADER, request_id
 from inference.schemas import (
+    FeedbackAccepted,
+    FeedbackBatch,
+    FeedbackItem,
     HealthResponse,
     ModelInfo,
     PredictRequest,
     PredictResponse,
+    inline_schema,
 )
 
 router = APIRouter()
+
+_REQUEST_ID_HEADER = {
+    HEADER: {
+        "description": "The request's id (the client's when short and safe, else a new one)",
+        "schema": {"type": "string"},
+    }
+}
 
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing, unknown, expired or revoked token"},
@@ -38,6 +51,7 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     },
     summary="Score rows with the served model",
     responses={
+        200: {"headers": _REQUEST_ID_HEADER},
         413: {"model": ErrorResponse, "description": "More rows than max_batch_rows"},
         401: _UNAVAILABLE[401],
         403: _UNAVAILABLE[403],
@@ -46,10 +60,12 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     },
 )
 async def predict(request: Request, handler: ServingDep) -> Response:
+    started = perf_counter()
+    rid = request_id(request)
     # The raw body goes to the handler rather than through a pydantic model: this is the hot
     # path, and the handler validates every row against the model's own signature anyway.
     raw = await read_body(request, handler.max_body_bytes)
-    prediction, model = await handler.predict_json(raw)
+    prediction, model = await handler.predict_json(raw, request_id=rid, started=started)
     body: dict[str, Any] = {
         "predictions": prediction.predictions,
         "probabilities": prediction.probabilities,
@@ -60,9 +76,43 @@ async def predict(request: Request, handler: ServingDep) -> Response:
         "version": model.meta.version,
         "alias": model.meta.alias,
     }
+    body["request_id"] = rid
     return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers={HEADER: rid},
     )
+
+
+@router.post(
+    "/v1/feedback",
+    status_code=202,
+    response_model=FeedbackAccepted,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"oneOf": [inline_schema(FeedbackItem), inline_schema(FeedbackBatch)]}
+                }
+            },
+        }
+    },
+    summary="Record true labels of earlier predictions (ground truth), by request id",
+    description="One label (`{request_id, label}`) or many (`{items: [...]}`), all or none. "
+    "Stored beside the prediction log as Parquet (s3://<bucket>/feedback/<model>/date=…/), "
+    "to be joined with it on `request_id`.",
+    responses={
+        401: _UNAVAILABLE[401],
+        403: _UNAVAILABLE[403],
+        413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
+        422: {"model": ErrorResponse, "description": "Body invalid; `field` says where"},
+        503: {"model": ErrorResponse, "description": "Buffer full (S3 slow or down); retry"},
+    },
+)
+async def feedback(request: Request, handler: FeedbackDep) -> FeedbackAccepted:
+    raw = await read_body(request, handler.max_body_bytes)
+    return FeedbackAccepted(accepted=handler.accept(raw))
 
 
 @router.get(

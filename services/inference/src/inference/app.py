@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.metadata import version
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -15,18 +17,22 @@ from mlops_common.auth import TokenSource, TokenVerifier
 from mlops_common.errors import install_error_handlers
 from mlops_common.http import make_async_client
 from mlops_common.metrics import install_metrics
-from mlops_common.storage import ObjectStore
+from mlops_common.storage import ObjectStore, make_s3_client
 
 from inference.api import router
 from inference.artifacts import ArtifactSource
 from inference.batching import Batcher
 from inference.deps import ModelGuard
 from inference.events import follow_alias_moves
+from inference.feedback import FeedbackHandler, FeedbackRecord, feedback_batches
 from inference.gateway import GatewayClient
 from inference.handlers import PredictionHandler
 from inference.manager import ModelManager
 from inference.metrics import InferenceMetrics
+from inference.prediction_log import PredictionLog, PredictionRecord, prediction_batches
+from inference.request_ids import errors_carry_request_id
 from inference.settings import InferenceSettings
+from inference.sink import ObjectWriter, RecordSink, SinkConfig
 from inference.v2.routes import router as v2_router
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,57 @@ def _warn_if_unsigned_allowed(settings: InferenceSettings) -> None:
         )
 
 
+def _sink_config(settings: InferenceSettings, prefix: str) -> SinkConfig:
+    return SinkConfig(
+        bucket=settings.prediction_log_bucket,
+        prefix=prefix,
+        instance=settings.instance_slug,
+        flush_rows=settings.prediction_log_flush_rows,
+        flush_interval_s=settings.prediction_log_flush_interval_s,
+        max_buffered_rows=settings.prediction_log_max_buffered_rows,
+        write_attempts=settings.prediction_log_write_attempts,
+        retry_base_s=settings.prediction_log_retry_base_s,
+    )
+
+
+def _record_store(settings: InferenceSettings) -> ObjectStore:
+    # The sinks retry a failed upload themselves, between flushes: boto3's own retries on top
+    # would hold the writer for up to max_attempts connect timeouts per try.
+    return ObjectStore(make_s3_client(settings.s3.model_copy(update={"max_attempts": 1})))
+
+
+def _sinks(
+    settings: InferenceSettings, writer: ObjectWriter, metrics: InferenceMetrics
+) -> tuple[RecordSink[PredictionRecord] | None, RecordSink[FeedbackRecord]]:
+    """The prediction log's sink (None when logging is off) and the feedback's, not started."""
+    prediction_sink: RecordSink[PredictionRecord] | None = None
+    if settings.prediction_log_enabled:
+        prediction_sink = RecordSink(
+            _sink_config(settings, "predictions"),
+            writer,
+            prediction_batches,
+            on_outcome=metrics.prediction_logged,
+        )
+    else:
+        log.info("INFERENCE_PREDICTION_LOG_ENABLED is false: predictions are not logged")
+    feedback_sink: RecordSink[FeedbackRecord] = RecordSink(
+        _sink_config(settings, "feedback"),
+        writer,
+        functools.partial(feedback_batches, settings.model_name),
+        on_outcome=metrics.feedback_stored,
+    )
+    watched: dict[str, RecordSink[Any]] = {"feedback": feedback_sink}
+    if prediction_sink is not None:
+        watched["predictions"] = prediction_sink
+    metrics.watch_sinks(watched)
+    return prediction_sink, feedback_sink
+
+
+async def _close_sinks(sinks: Sequence[RecordSink[Any]], timeout_s: float) -> None:
+    """Write what every sink holds, together, within ``timeout_s``."""
+    await asyncio.gather(*(asyncio.to_thread(sink.close, timeout_s) for sink in sinks))
+
+
 def create_app(
     settings: InferenceSettings,
     *,
@@ -74,9 +131,11 @@ def create_app(
     store: ArtifactSource | None = None,
     manager: ModelManager | None = None,
     metrics: InferenceMetrics | None = None,
+    record_store: ObjectWriter | None = None,
 ) -> FastAPI:
     """Build the app. An injected ``manager`` is driven by its owner (no background polling),
-    who passes it the same ``metrics`` (their ``model_event``) to have its events counted."""
+    who passes it the same ``metrics`` (their ``model_event``) to have its events counted.
+    ``record_store`` receives the prediction log and the feedback (default: S3)."""
     metrics = InferenceMetrics() if metrics is None else metrics
 
     @asynccontextmanager
@@ -89,7 +148,16 @@ def create_app(
                 bearer_token=token.get_secret_value() if token else None,
             )
             stack.push_async_callback(client.aclose)
-            gateway = GatewayClient(client, resolve_timeout_s=settings.gateway_timeout_s)
+            gateway = GatewayClient(
+                client, resolve_timeout_s=settings.gateway_timeout_s, instance=settings.instance
+            )
+            writer = record_store if record_store is not None else _record_store(settings)
+            prediction_sink, feedback_sink = _sinks(settings, writer, metrics)
+            sinks = [sink for sink in (prediction_sink, feedback_sink) if sink is not None]
+            for sink in sinks:
+                sink.start()
+            # Exit callbacks run in reverse: these close after the batcher and the manager.
+            stack.push_async_callback(_close_sinks, sinks, settings.shutdown_grace_s)
             app.state.guard = _guard(settings, gateway.introspect)
             active = manager
             if active is None:
@@ -132,6 +200,12 @@ def create_app(
                 max_queued_requests=settings.max_queued_requests,
                 max_body_bytes=settings.max_body_bytes,
                 on_overload=metrics.overloaded,
+                prediction_log=None if prediction_sink is None else PredictionLog(prediction_sink),
+            )
+            app.state.feedback = FeedbackHandler(
+                feedback_sink,
+                max_items=settings.feedback_max_items,
+                max_body_bytes=settings.max_body_bytes,
             )
             metrics.watch(active)
             log.info(
@@ -150,6 +224,7 @@ def create_app(
     )
     # Open Inference Protocol clients (tritonclient among them) read errors as one string.
     install_error_handlers(app, string_error_prefixes=("/v2/", "/v2"))
+    errors_carry_request_id(app)
     install_metrics(app, "inference", metrics.registry)
     app.include_router(router)
     app.include_router(v2_router)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from mlops_common.auth import Principal, TokenVerifier
 from mlops_common.service import from_state
 
+from inference.feedback import FeedbackHandler
 from inference.handlers import PredictionHandler
 
 
@@ -43,5 +44,13 @@ async def get_authorized_handler(request: Request) -> PredictionHandler:
     return handler
 
 
+async def get_authorized_feedback(request: Request) -> FeedbackHandler:
+    """Labels for the served model need what predicting with it does: ``predict``."""
+    await authorize(request)
+    feedback: FeedbackHandler = request.app.state.feedback
+    return feedback
+
+
 HandlerDep = Annotated[PredictionHandler, Depends(_handler)]
 ServingDep = Annotated[PredictionHandler, Depends(get_authorized_handler)]
+FeedbackDep = Annotated[FeedbackHandler, Depends(get_authorized_feedback)]

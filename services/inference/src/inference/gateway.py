@@ -15,6 +15,10 @@ from pydantic import ValidationError
 from inference.model import ModelVersion
 
 INTROSPECTION_ATTEMPTS = 3
+# Sent with every alias resolve so the gateway can tell which instances serve which version
+# (lineage); a gateway that does not read them loses nothing.
+INSTANCE_HEADER = "X-Inference-Instance"
+SERVED_VERSION_HEADER = "X-Served-Version"
 # Longest one resolve may take, the transport's retries included (INFERENCE_GATEWAY_TIMEOUT_S).
 DEFAULT_RESOLVE_TIMEOUT_S = 5.0
 
@@ -42,19 +46,33 @@ class AliasMissing:
 
 class GatewayClient:
     def __init__(
-        self, client: httpx.AsyncClient, *, resolve_timeout_s: float = DEFAULT_RESOLVE_TIMEOUT_S
+        self,
+        client: httpx.AsyncClient,
+        *,
+        resolve_timeout_s: float = DEFAULT_RESOLVE_TIMEOUT_S,
+        instance: str | None = None,
     ) -> None:
         self._client = client
         self._resolve_timeout_s = resolve_timeout_s
+        self._instance = instance
 
-    async def resolve(self, name: str, alias: str) -> ModelVersion | AliasMissing:
-        """The version behind ``name@alias``, or ``AliasMissing`` when there is none."""
+    async def resolve(
+        self, name: str, alias: str, *, served_version: int | None = None
+    ) -> ModelVersion | AliasMissing:
+        """The version behind ``name@alias``, or ``AliasMissing`` when there is none.
+
+        ``served_version``: what this instance serves now, told to the gateway with the
+        instance's name (``X-Served-Version``, empty when nothing is served yet).
+        """
         path = f"/v1/models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}"
+        headers = {SERVED_VERSION_HEADER: "" if served_version is None else str(served_version)}
+        if self._instance is not None:
+            headers[INSTANCE_HEADER] = self._instance
         try:
             # One deadline over the transport's retries too: a gateway that accepts connections
             # but never answers must not hold the poll loop for the client's full timeouts.
             async with asyncio.timeout(self._resolve_timeout_s):
-                response = await self._client.get(path)
+                response = await self._client.get(path, headers=headers)
         except TimeoutError as exc:
             raise GatewayError(
                 f"no answer from the gateway within {self._resolve_timeout_s:g}s", unavailable=True

@@ -20,6 +20,7 @@ from inference.errors import PayloadTooLarge, describe_exception
 from inference.fastpath import Decoded
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
+from inference.prediction_log import PredictionLog
 from inference.schemas import HealthResponse, ModelInfo, ModelRef
 from inference.validation import build_frame, build_frame_from_columns, check_batch_size
 
@@ -48,6 +49,7 @@ class PredictionHandler:
         max_queued_requests: int = 256,
         max_body_bytes: int = 64 * 1024 * 1024,
         on_overload: Callable[[str], None] = lambda _reason: None,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self._manager = manager
         self._max_batch_rows = max_batch_rows
@@ -59,24 +61,34 @@ class PredictionHandler:
         self._in_threads = 0
         # Told the reason whenever a request is turned away because the service is full.
         self._on_overload = on_overload
+        # None when logging is off: a request then pays one attribute test.
+        self._log = prediction_log
 
     @property
     def current(self) -> ServedModel | None:
         """The model serving right now (None before the first load)."""
         return self._manager.current
 
-    async def predict_json(self, raw: bytes) -> tuple[Prediction, ServedModel]:
+    async def predict_json(
+        self, raw: bytes, *, request_id: str, started: float
+    ) -> tuple[Prediction, ServedModel]:
         """Score the rows of a ``/predict`` body (``{"instances": [...]}``) with the model served
-        right now; see ``_predict_rows``."""
+        right now, and log them as ``request_id`` (``started``: ``time.perf_counter()`` when the
+        request began); see ``_predict_rows``."""
         model = self._require_model()
         decoded = await self._in_thread_if(len(raw) > INLINE_BYTES, model.decode_json, raw)
         if decoded is not None:
             self._check_row_count(decoded.rows)
-            return await self._predict_decoded(model, decoded), model
+            prediction = await self._predict_decoded(model, decoded)
+            self._record(request_id, started, model, decoded, prediction)
+            return prediction, model
         # Not the compiled model's plain form: parse generally and validate field by field.
-        return await self._predict_rows(parse_instances(raw))
+        instances = parse_instances(raw)
+        return await self._predict_rows(instances, request_id=request_id, started=started)
 
-    async def _predict_rows(self, instances: list[Any]) -> tuple[Prediction, ServedModel]:
+    async def _predict_rows(
+        self, instances: list[Any], *, request_id: str, started: float
+    ) -> tuple[Prediction, ServedModel]:
         """Score rows (objects, or lists in signature order) with the model served right now.
 
         Returns the model that answered: during a swap, a request finishes on the model it began
@@ -88,23 +100,49 @@ class PredictionHandler:
         decoded = await self._in_thread_if(
             len(instances) > INLINE_ROWS, model.decode_rows, instances
         )
+        inputs: Decoded | pd.DataFrame
         if decoded is not None:
-            return await self._predict_decoded(model, decoded), model
-        # Anything the compiled path does not take (or no compiled path): the full validator,
-        # which names every problem, then scikit-learn itself, off the event loop.
-        prediction = await self._in_thread(_score, model, build_frame, instances)
+            inputs, prediction = decoded, await self._predict_decoded(model, decoded)
+        else:
+            # Anything the compiled path does not take (or no compiled path): the full
+            # validator, which names every problem, then scikit-learn itself, off the event loop.
+            prediction, inputs = await self._in_thread(_score, model, build_frame, instances)
+        self._record(request_id, started, model, inputs, prediction)
         return prediction, model
 
     async def predict_columns(
-        self, model: ServedModel, columns: dict[str, list[Any]], rows: int
+        self,
+        model: ServedModel,
+        columns: dict[str, list[Any]],
+        rows: int,
+        *,
+        request_id: str,
+        started: float,
     ) -> Prediction:
         """Score named columns of ``rows`` values each (V2 tensors) with ``model``, the one the
-        caller read the columns' types from; same checks and errors as ``_predict_rows``."""
+        caller read the columns' types from; same checks, errors and log as ``predict_json``."""
         self._check_row_count(rows)
         decoded = await self._in_thread_if(rows > INLINE_ROWS, model.decode_columns, columns, rows)
+        inputs: Decoded | pd.DataFrame
         if decoded is not None:
-            return await self._predict_decoded(model, decoded)
-        return await self._in_thread(_score, model, build_frame_from_columns, columns, rows)
+            inputs, prediction = decoded, await self._predict_decoded(model, decoded)
+        else:
+            prediction, inputs = await self._in_thread(
+                _score, model, build_frame_from_columns, columns, rows
+            )
+        self._record(request_id, started, model, inputs, prediction)
+        return prediction
+
+    def _record(
+        self,
+        request_id: str,
+        started: float,
+        model: ServedModel,
+        inputs: Decoded | pd.DataFrame,
+        prediction: Prediction,
+    ) -> None:
+        if self._log is not None:
+            self._log.record(request_id, started, model, inputs, prediction)
 
     def _check_row_count(self, rows: int) -> None:
         if rows > self._max_batch_rows:
@@ -233,11 +271,14 @@ def parse_instances(raw: bytes) -> list[Any]:
     return instances
 
 
-def _score(model: ServedModel, to_frame: Callable[..., pd.DataFrame], *args: Any) -> Prediction:
-    """``model.predict`` on ``to_frame(*args, model.input_schema)``, the validated input."""
+def _score(
+    model: ServedModel, to_frame: Callable[..., pd.DataFrame], *args: Any
+) -> tuple[Prediction, pd.DataFrame]:
+    """``model.predict`` on ``to_frame(*args, model.input_schema)``, the validated input, and
+    that input (for the prediction log)."""
     frame = to_frame(*args, model.input_schema)
     try:
-        return model.predict(frame)
+        return model.predict(frame), frame
     except (ValueError, TypeError, KeyError) as exc:
         # The rows match the signature (or there is none) but the model refuses them, e.g. a null
         # in a column the pipeline does not impute: the caller can fix that, so not a 500.

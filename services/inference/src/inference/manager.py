@@ -266,7 +266,12 @@ class ModelManager:
 
     async def _resolve(self) -> ModelVersion | None:
         try:
-            answer = await self._gateway.resolve(self.model_name, self.alias)
+            served = self._current
+            answer = await self._gateway.resolve(
+                self.model_name,
+                self.alias,
+                served_version=served.meta.version if served is not None else None,
+            )
         except GatewayError as exc:
             if self._gateway_failure is None:
                 log.warning("cannot resolve %s@%s: %s", self.model_name, self.alias, exc)

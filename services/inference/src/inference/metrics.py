@@ -1,17 +1,23 @@
 """Inference's own Prometheus metrics, beside the request counts every service has.
 
 ``InferenceMetrics`` is made first; the manager, handler and batcher get its ``model_event``,
-``overloaded`` and ``batch_scored`` at construction, and the app serves its registry.
+``overloaded`` and ``batch_scored`` at construction, the prediction log's and the feedback's
+sinks ``prediction_logged`` and ``feedback_stored``, and the app serves its registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inference.manager import ModelManager
+from inference.sink import Outcome, RecordSink
 
 BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_EVENTS = ("swapped", "rejected", "load_failed")
+RECORD_OUTCOMES: tuple[Outcome, ...] = ("written", "dropped")
 
 
 class InferenceMetrics:
@@ -43,6 +49,43 @@ class InferenceMetrics:
             buckets=BATCH_ROWS_BUCKETS,
             registry=self.registry,
         )
+
+        self._logged = Counter(
+            "inference_prediction_log_records",
+            "Rows of the prediction log written to S3, or dropped (the buffer was full, or S3 "
+            "failed past the retries)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._feedback = Counter(
+            "inference_feedback_records",
+            "Feedback labels accepted and then written to S3, or dropped (S3 failed past the "
+            "retries)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in RECORD_OUTCOMES:
+            self._logged.labels(outcome)
+            self._feedback.labels(outcome)
+
+    def prediction_logged(self, outcome: Outcome, rows: int) -> None:
+        """Rows the prediction log wrote or dropped (its sink's ``on_outcome``)."""
+        self._logged.labels(outcome).inc(rows)
+
+    def feedback_stored(self, outcome: Outcome, rows: int) -> None:
+        """Labels the feedback sink wrote or dropped (its ``on_outcome``)."""
+        self._feedback.labels(outcome).inc(rows)
+
+    def watch_sinks(self, sinks: Mapping[str, RecordSink[Any]]) -> None:
+        """Report the rows each sink holds (``{"predictions": sink, "feedback": sink}``)."""
+        held = Gauge(
+            "inference_record_buffer_rows",
+            "Rows held in memory for S3 (waiting, or in the file being written), per kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind, sink in sinks.items():
+            held.labels(kind).set_function(_held_rows(sink))
 
     def model_event(self, event: str) -> None:
         """One of ``MODEL_EVENTS`` happened (``ModelManager``'s ``on_event``)."""
@@ -83,3 +126,7 @@ class InferenceMetrics:
             registry=self.registry,
         )
         degraded.set_function(lambda: 1 if manager.current is not None and manager.degraded else 0)
+
+
+def _held_rows(sink: RecordSink[Any]) -> Callable[[], float]:
+    return lambda: sink.held_rows

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
+from pydantic_core import PydanticCustomError
+
+from inference.request_ids import PATTERN as REQUEST_ID_PATTERN
 
 _ROW_SCHEMA: dict[str, Any] = {
     "oneOf": [
@@ -50,6 +63,11 @@ class PredictResponse(BaseModel):
     )
     classes: list[Any] | None = Field(default=None, description="Classifiers: the class labels")
     model: ModelRef
+    request_id: str = Field(
+        description="This request's id, also in the X-Request-Id header: the client's own when "
+        "it sent a short safe one (letters, digits, `.`, `_`, `-`; at most 64), else a new one. "
+        "Send it with the true label to POST /v1/feedback"
+    )
 
 
 class HealthResponse(BaseModel):
@@ -95,3 +113,87 @@ class ModelInfo(BaseModel):
         default=None, description="Digest of the signed manifest the served files matched"
     )
     signed_by: str | None = Field(default=None, description="Id of the key that signed it")
+
+
+# ---- feedback -----------------------------------------------------------------------------------
+MAX_LABEL_LENGTH = 1024
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_label(value: Any) -> Any:
+    """A label is one JSON scalar that fits a Parquet column: no null, no huge integer."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and _INT64[0] <= value <= _INT64[1]:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str) and len(value) <= MAX_LABEL_LENGTH:
+        return value
+    raise PydanticCustomError(
+        "label",
+        "expected a string (at most {limit} characters), a 64-bit integer, a number or a "
+        "boolean, got {got}",
+        {"limit": MAX_LABEL_LENGTH, "got": _describe_label(value)},
+    )
+
+
+def _describe_label(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, int):
+        return "an integer out of range"
+    return type(value).__name__ if not isinstance(value, list | dict) else "an array or object"
+
+
+Label = Annotated[StrictBool | StrictInt | StrictFloat | StrictStr, BeforeValidator(_check_label)]
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"request_id": "3f2a9c0e5b7d41a8000001c4", "label": 1}]},
+    )
+
+    request_id: str = Field(
+        pattern=REQUEST_ID_PATTERN,
+        description="The request id of the prediction (its X-Request-Id / body `request_id`)",
+    )
+    label: Label = Field(
+        description="The true value: a class label or a number; its JSON type is kept"
+    )
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[FeedbackItem] = Field(
+        min_length=1, description="Labels, at most INFERENCE_FEEDBACK_MAX_ITEMS (10 000)"
+    )
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int = Field(description="Labels accepted, to be written within the flush interval")
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` written in place, for ``openapi_extra`` (whose
+    schemas cannot point into a ``$defs`` of their own)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved

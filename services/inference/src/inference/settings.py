@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -22,6 +24,9 @@ def default_cache_dir() -> Path:
         return Path.home() / ".cache" / "mlops-inference"
     except RuntimeError:  # no HOME and no passwd entry (some containers)
         return Path(tempfile.gettempdir()) / "mlops-inference"
+
+
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class InferenceSettings(ServiceSettings):
@@ -88,6 +93,51 @@ class InferenceSettings(ServiceSettings):
     # Alias-move events published by the gateway; unset: polling alone.
     redis_url: str | None = None
     alias_channel: str = "mlops:alias-moves"
+    instance_id: str | None = Field(
+        default=None,
+        description="This instance's name, sent to the gateway (X-Inference-Instance) and in "
+        "the names of the files it writes; default <hostname>:<port>",
+    )
+    # The prediction log (prediction_log.py) and the feedback beside it: Parquet files in S3.
+    # Off by default until its cost is within 10% of single-row throughput: measured at about
+    # 25% on 2 cores (docs/benchmarks.md), its writer thread competing for the GIL.
+    prediction_log_enabled: bool = False
+    prediction_log_bucket: str = Field(
+        default="data",
+        min_length=3,
+        description="Bucket of s3://<bucket>/predictions/... and s3://<bucket>/feedback/...",
+    )
+    prediction_log_flush_rows: int = Field(
+        default=10_000, ge=1, description="A file is written once this many rows wait"
+    )
+    prediction_log_flush_interval_s: float = Field(
+        default=10.0, gt=0, description="...or this long after the last write, whatever waits"
+    )
+    prediction_log_max_buffered_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Rows held in memory, the file being written included; records past it "
+        "are dropped (counted), never the request. About 1 KB per one-row request",
+    )
+    prediction_log_write_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries of one file's upload before its rows drop"
+    )
+    prediction_log_retry_base_s: float = Field(
+        default=1.0, gt=0, description="Wait before the second try, doubling after"
+    )
+    feedback_max_items: int = Field(
+        default=10_000, ge=1, description="Labels in one POST /v1/feedback"
+    )
+
+    @property
+    def instance(self) -> str:
+        """``instance_id``, or ``<hostname>:<port>``."""
+        return self.instance_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def instance_slug(self) -> str:
+        """``instance`` as a piece of an object key: ``host-8800``."""
+        return _UNSAFE_KEY_CHARS.sub("-", self.instance)
 
     @field_validator("trusted_signing_keys", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from importlib.metadata import version as package_version
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from inference.body_limit import read_body
 from inference.deps import HandlerDep, ServingDep, authorize
 from inference.handlers import PredictionHandler
 from inference.model import ServedModel
+from inference.request_ids import HEADER, request_id
 from inference.v2 import binary
 from inference.v2.codec import decode_inputs, response_outputs, wanted_outputs
 from inference.v2.metadata import describe
@@ -31,6 +33,8 @@ from inference.v2.schemas import (
 )
 
 _RETRY = {"Retry-After": "1"}
+# Scope key: when inference began (token checked), the start of the logged latency.
+_STARTED = "inference.started"
 
 
 class _V2Route(APIRoute):
@@ -48,8 +52,11 @@ class _V2Route(APIRoute):
         async def route(request: Request) -> Response:
             if request.method != "POST":
                 return await handle(request)
+            # Decided first, so that every answer (a refused token's too) carries it.
+            request_id(request)
             # Before the body is read: an unauthenticated client cannot make us buffer it.
             await authorize(request)
+            request.scope[_STARTED] = perf_counter()
             # Read here, where a body over the size limit is a 413: FastAPI would turn an error
             # while it reads the body into a 400.
             handler: PredictionHandler = request.app.state.handler
@@ -172,8 +179,10 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Score tensors with the served model",
     responses=_INFER_RESPONSES,
 )
-async def infer(name: str, body: InferenceRequest, handler: ServingDep) -> Response:
-    return await _infer(handler, name, None, body)
+async def infer(
+    name: str, body: InferenceRequest, handler: ServingDep, request: Request
+) -> Response:
+    return await _infer(handler, name, None, body, request)
 
 
 @router.post(
@@ -183,23 +192,31 @@ async def infer(name: str, body: InferenceRequest, handler: ServingDep) -> Respo
     responses=_INFER_RESPONSES,
 )
 async def infer_version(
-    name: str, version: str, body: InferenceRequest, handler: ServingDep
+    name: str, version: str, body: InferenceRequest, handler: ServingDep, request: Request
 ) -> Response:
-    return await _infer(handler, name, version, body)
+    return await _infer(handler, name, version, body, request)
 
 
 async def _infer(
-    handler: PredictionHandler, name: str, version: str | None, body: InferenceRequest
+    handler: PredictionHandler,
+    name: str,
+    version: str | None,
+    body: InferenceRequest,
+    request: Request,
 ) -> Response:
+    rid = request_id(request)
+    started: float = request.scope.get(_STARTED) or perf_counter()
     model = _served(handler, name, version)
     wanted = wanted_outputs(body.outputs)
     columns, rows = decode_inputs(body.inputs, model.input_schema)
-    prediction = await handler.predict_columns(model, columns, rows)
+    prediction = await handler.predict_columns(
+        model, columns, rows, request_id=rid, started=started
+    )
     outputs = response_outputs(prediction, wanted, body.outputs)
     meta = model.meta
     response: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version)}
-    if body.id is not None:
-        response["id"] = body.id
+    # The protocol echoes the client's id; without one, ours (always in the header too).
+    response["id"] = body.id if body.id is not None else rid
     response["parameters"] = {"alias": meta.alias}
     response["outputs"] = outputs
     binary_names = binary.binary_outputs(body, wanted)
@@ -208,11 +225,11 @@ async def _infer(
         return Response(
             content,
             media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(json_size)},
+            headers={"Inference-Header-Content-Length": str(json_size), HEADER: rid},
         )
     # Serialised here rather than through the response model: for large batches validating every
     # value again costs more than scoring. orjson writes NaN as null, which JSON needs anyway.
-    return Response(orjson.dumps(response), media_type="application/json")
+    return Response(orjson.dumps(response), media_type="application/json", headers={HEADER: rid})
 
 
 # ---- the served model ---------------------------------------------------------------------------

@@ -70,7 +70,11 @@ class InferenceRequest(BaseModel):
         },
     )
 
-    id: str | None = Field(default=None, description="Echoed in the response")
+    id: str | None = Field(
+        default=None,
+        description="Echoed in the response. The platform's request id (for POST /v1/feedback) "
+        "is the X-Request-Id response header, and `id` when the request has none",
+    )
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(
         min_length=1,
@@ -92,7 +96,9 @@ class ResponseOutput(BaseModel):
 class InferenceResponse(BaseModel):
     model_name: str
     model_version: str | None = None
-    id: str | None = None
+    id: str | None = Field(
+        default=None, description="The request's `id`, or the platform's request id without one"
+    )
     parameters: dict[str, Any] | None = None
     outputs: list[ResponseOutput]
 

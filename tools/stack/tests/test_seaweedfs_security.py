@@ -85,6 +85,12 @@ def test_s3_identities_work_and_the_inner_servers_refuse_strangers(
     assert [o["Key"] for o in listed] == ["run/model.pkl"]
     with pytest.raises(ClientError, match="AccessDenied"):
         inference.put_object(Bucket="mlflow", Key="forged", Body=b"x")
+    # Its prediction log and feedback, and nothing else in the data bucket (training data).
+    inference.put_object(Bucket="data", Key="predictions/m/date=2026-12-02/a.parquet", Body=b"p")
+    inference.put_object(Bucket="data", Key="feedback/m/date=2026-12-02/a.parquet", Body=b"f")
+    for key in ("raw/train.csv", "processed/m/train.parquet", "predictionsX/a"):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            inference.put_object(Bucket="data", Key=key, Body=b"x")
 
     filer = f"http://{stack.host}:{st.s3_filer_port}"
     volume = f"http://{stack.host}:{st.s3_volume_port}"

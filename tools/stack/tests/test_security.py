@@ -188,7 +188,13 @@ def test_configuration_files_are_private_and_hold_no_plain_valkey_password(
     assert f"bind {stack.host}" in text
     identities = json.loads(stack.paths.config("s3-identities.json").read_text())["identities"]
     actions = {i["name"]: i["actions"] for i in identities}
-    assert actions["inference"] == ["Read:mlflow", "List:mlflow"]
+    # Models read-only; its own logs are the only thing it may write.
+    assert actions["inference"] == [
+        "Read:mlflow",
+        "List:mlflow",
+        "Write:data/predictions/*",
+        "Write:data/feedback/*",
+    ]
     assert "Admin" in actions["stack"]
     assert not any("Admin" in a for n, a in actions.items() if n != "stack")
     ini = stack.paths.config("mlflow-auth.ini").read_text()

@@ -384,7 +384,11 @@ class Stack:
             "mlflow": ident("mlflow", _rwl("mlflow")),
             "trainer": ident("trainer", _rwl("data", write=False) + _rwl("mlflow")),
             "gateway": ident("gateway", _rwl("mlflow", write=False)),
-            "inference": ident("inference", _rwl("mlflow", write=False)),
+            # Reads models; writes only its prediction log and the feedback beside it.
+            "inference": ident(
+                "inference",
+                (*_rwl("mlflow", write=False), "Write:data/predictions/*", "Write:data/feedback/*"),
+            ),
             "airflow": ident("airflow", _rwl("data")),
             # The local user (`mlops env`): everything in both buckets, no bucket administration.
             "user": ident("user", _rwl("data", "mlflow")),
@@ -914,6 +918,8 @@ class Stack:
                 **self.s3_env("gateway"),
                 # Alias moves are published here; inference subscribes and swaps within seconds.
                 "GATEWAY_REDIS_URL": self.redis_url("gateway"),
+                # Lineage reports whether each version's signature verifies.
+                "GATEWAY_TRUSTED_SIGNING_KEYS": ",".join(self.secrets.trusted_signing_keys),
             },
             healthy=http_ok(f"{url}/health"),
             # The gateway's migrations made the api_tokens table: the services' tokens go in.

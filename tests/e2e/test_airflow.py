@@ -173,6 +173,23 @@ def test_train_and_promote_promotes_better_challengers_only(
     # The token is the actor; the DAG run it acted for is the note beside it.
     assert history[0]["actor"] == "airflow"
     assert history[0]["on_behalf_of"].startswith("airflow:train_and_promote/")
+    # A fair comparison: both versions scored on the rows of the ETL's test split, the same
+    # rows' digest as the ETL manifest records; the lineage names the DAG run and the manifest.
+    jobs = http.get(f"{stack.trainer}/v1/jobs", params={"model_name": name}).json()
+    job = next(j for j in jobs if j["model_version"] == champion["version"])
+    comparison = job["promotion"]["comparison"]
+    assert comparison["rows_source"].endswith("/test.parquet")
+    assert job["promotion"]["current_version"] == v1
+    assert {"roc_auc"} <= set(comparison["candidate_metrics"]) & set(comparison["champion_metrics"])
+    lineage = http.get(
+        f"{stack.gateway}/v1/models/{name}/versions/{champion['version']}/lineage"
+    ).json()
+    assert lineage["etl"]["dag_id"] == "train_and_promote"
+    assert lineage["etl"]["dag_run_id"] == better["dag_run_id"]
+    manifest_uri = lineage["dataset"]["etl_manifest"]
+    bucket, key = manifest_uri.removeprefix("s3://").split("/", 1)
+    manifest = json.loads(stack.s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert comparison["rows_digest"].startswith(manifest["test_digest"][:16])
 
     worse = airflow.run(
         "train_and_promote", {**base, **weak, "margin": 0.01, "inference_conn_id": "inference_e2e"}

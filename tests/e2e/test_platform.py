@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -428,3 +430,100 @@ def test_inference_rejects_bad_rows(stack: StackUrls, http: httpx.Client) -> Non
     malformed = http.post(url, content=b"{", headers={"content-type": "application/json"})
     assert error_of(malformed, 422)["field"] == "body"
     assert http.post(url, json={"instances": [row]}).status_code == 200
+
+
+def test_lineage_walks_from_the_served_model_back_to_its_data_in_s3(
+    churn_model: dict[str, Any], stack: StackUrls, http: httpx.Client
+) -> None:
+    url = churn_model["url"]
+    info = http.get(f"{url}/model-info").json()
+    lineage: dict[str, Any] = {}
+
+    def reported() -> bool:
+        # Inference tells the gateway what it serves with its next alias poll (every second).
+        response = http.get(
+            f"{stack.gateway}/v1/models/{info['name']}/versions/{info['version']}/lineage"
+        )
+        assert response.status_code == 200, response.text
+        lineage.clear()
+        lineage.update(response.json())
+        return any(s["instance"].endswith(":18801") for s in lineage["served_by"])
+
+    assert wait_until(reported, 15), lineage.get("served_by")
+    version = lineage["version"]
+    assert version["signature"]["status"] == "verified", version["signature"]
+    assert version["signature"]["manifest_sha256"] == info["manifest_sha256"]
+    run = lineage["training_run"]
+    assert run["run_id"] == churn_model["job"]["run_id"]
+    assert run["job_id"] == churn_model["job"]["job_id"]
+    assert run["metrics"]["roc_auc"] == churn_model["job"]["metrics"]["roc_auc"]
+    moves = lineage["alias_moves"]
+    assert any(m["alias"] == "champion" and m["to_version"] == info["version"] for m in moves)
+    assert "champion" in lineage["aliases_now"]
+    # Back to the objects: the data set it was trained on, and the files inference verified.
+    dataset = lineage["dataset"]
+    assert dataset["source"] == "s3://data/e2e/churn.csv"
+    assert dataset["rows"] == len(churn_model["frame"])
+    bucket, key = dataset["source"].removeprefix("s3://").split("/", 1)
+    assert stack.s3().head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+    art_bucket, art_prefix = version["artifact_uri"].removeprefix("s3://").split("/", 1)
+    listed = stack.s3().list_objects_v2(Bucket=art_bucket, Prefix=art_prefix.rstrip("/") + "/")
+    names = {obj["Key"].rsplit("/", 1)[-1] for obj in listed.get("Contents", [])}
+    assert {"mlops-signature.json", "model.skops", "MLmodel"} <= names
+
+
+def test_every_run_logs_its_plots(churn_model: dict[str, Any], mlflow_env: None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    listed = MlflowClient().list_artifacts(churn_model["job"]["run_id"], "plots")
+    names = {Path(a.path).name for a in listed}
+    assert {
+        "confusion_matrix.png",
+        "roc_curve.png",
+        "precision_recall_curve.png",
+        "feature_importance.png",
+    } <= names
+    assert all(a.file_size and a.file_size > 1000 for a in listed if a.path.endswith(".png"))
+
+
+def test_predictions_and_feedback_are_logged_to_s3_joinable_by_request_id(
+    churn_model: dict[str, Any], stack: StackUrls, http: httpx.Client
+) -> None:
+    url = churn_model["url"]
+    rows = rows_of(churn_model["frame"].drop(columns=["churned"]).head(4))
+    answer = http.post(
+        f"{url}/predict", json={"instances": rows}, headers={"X-Request-Id": "e2e-log-1"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-Request-Id"] == answer.json()["request_id"] == "e2e-log-1"
+    feedback = http.post(f"{url}/v1/feedback", json={"request_id": "e2e-log-1", "label": 1})
+    assert feedback.status_code == 202, feedback.text
+    s3 = stack.s3()
+
+    def rows_for(prefix: str) -> pd.DataFrame:
+        """Every logged row of request e2e-log-1 under ``prefix`` (empty until flushed)."""
+        found = s3.list_objects_v2(Bucket="data", Prefix=prefix).get("Contents", [])
+        tables = [
+            pd.read_parquet(io.BytesIO(s3.get_object(Bucket="data", Key=o["Key"])["Body"].read()))
+            for o in found
+        ]
+        merged = pd.concat(tables) if tables else pd.DataFrame({"request_id": []})
+        return merged[merged["request_id"] == "e2e-log-1"]
+
+    # Written by the writer thread within INFERENCE_PREDICTION_LOG_FLUSH_INTERVAL_S (2 s here).
+    assert wait_until(lambda: len(rows_for("predictions/e2e-churn/")) == 4, 30, 1.0)
+    mine = rows_for("predictions/e2e-churn/")
+    assert list(mine["prediction"]) == answer.json()["predictions"]
+    assert set(mine["version"]) == {answer.json()["model"]["version"]}
+    probabilities = {f"proba.{c}" for c in answer.json()["classes"]}
+    assert {"feature.tenure_months", "feature.contract"} | probabilities <= set(mine.columns)
+    assert wait_until(lambda: len(rows_for("feedback/e2e-churn/")) == 1, 30, 1.0)
+    joined = mine.merge(rows_for("feedback/e2e-churn/")[["request_id", "label"]], on="request_id")
+    assert len(joined) == 4 and set(joined["label"]) == {1}
+    metrics = http.get(f"{url}/metrics").text
+    written = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('inference_prediction_log_records_total{outcome="written"}')
+    ]
+    assert written and float(written[0].split()[-1]) >= 4

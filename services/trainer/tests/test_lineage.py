@@ -49,6 +49,6 @@ def test_malformed_lineage_is_refused(change: dict[str, str]) -> None:
 def test_lineage_is_documented_in_the_openapi() -> None:
     schema = TrainRequest.model_json_schema()
     lineage = schema["$defs"]["Lineage"]
-    assert set(lineage["properties"]) == {"dag_id", "dag_run_id", "etl_manifest"}
+    assert set(lineage["properties"]) == {"dag_id", "dag_run_id", "etl_manifest", "reason"}
     assert lineage["additionalProperties"] is False
     assert all("description" in p for p in lineage["properties"].values())

@@ -68,7 +68,7 @@ def run_job(
     trainer: Finishes,
     clock: FakeClock,
 ) -> Any:
-    monkeypatch.setattr(worker, "_runtime", lambda: (store, trainer))
+    monkeypatch.setattr(worker, "_runtime", lambda: (store, trainer, None))
     monkeypatch.setattr(worker, "retry_db", partial(retry_db, sleep=clock.sleep, clock=clock.time))
     job, _ = store.create("iris", IRIS, None)
     return job.id, worker.train_job(job.id)
@@ -117,7 +117,7 @@ def test_a_claim_the_database_never_answers_goes_back_to_the_queue(
 ) -> None:
     store = JobStore(flaky_engine)
     job, _ = store.create("iris", IRIS, None)
-    monkeypatch.setattr(worker, "_runtime", lambda: (store, Finishes()))
+    monkeypatch.setattr(worker, "_runtime", lambda: (store, Finishes(), None))
     clock = FakeClock()
     monkeypatch.setattr(worker, "retry_db", partial(retry_db, sleep=clock.sleep, clock=clock.time))
     database.down = True

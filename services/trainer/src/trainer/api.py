@@ -17,7 +17,7 @@ from mlops_common.service import from_state
 from trainer.handlers import JobsHandler
 from trainer.health import HealthCheck
 from trainer.metrics import TrainerMetrics
-from trainer.schemas import HealthView, JobView, TrainRequest
+from trainer.schemas import HealthView, JobView, MonitorRequest, TrainRequest
 
 
 class SubmissionRoute(APIRoute):
@@ -101,6 +101,25 @@ def train(
     return job
 
 
+@router.post(
+    "/v1/monitor", status_code=202, response_model=JobView, tags=["jobs"], responses=_submit_errors
+)
+def monitor(
+    body: MonitorRequest, handler: HandlerDep, principal: Trainer, response: Response
+) -> JobView:
+    """Queue a monitoring job: the served version's recent prediction log against its training
+    data (drift per feature, with Evidently) and the labels sent back (live quality); answers at
+    once with the job to poll. Its ``result`` holds the figures and the retraining decision, and
+    the job logs an MLflow run with the HTML report. Scope ``train``: the workers run it.
+    """
+    principal.require("train", body.model_name)
+    job, created = handler.submit_monitoring(body)
+    response.headers["Location"] = f"/v1/jobs/{job.job_id}"
+    if not created:
+        response.status_code = 200
+    return job
+
+
 @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=_auth_errors)
 def get_job(job_id: JobId, handler: HandlerDep, principal: JobReader) -> JobView:
     return handler.get(job_id, principal)
@@ -112,9 +131,10 @@ def list_jobs(
     principal: JobReader,
     model_name: ModelNameFilter = None,
     status: Literal["queued", "running", "succeeded", "failed"] | None = None,
+    kind: Literal["train", "monitor"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[JobView]:
-    return handler.list(model_name, status, limit, principal)
+    return handler.list(model_name, status, limit, principal, kind)
 
 
 @router.get(

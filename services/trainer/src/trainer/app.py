@@ -27,7 +27,7 @@ from trainer.dispatch import Dispatcher
 from trainer.handlers import JobsHandler
 from trainer.health import HealthCheck
 from trainer.jobs import MIGRATIONS, VERSION_TABLE, JobStore
-from trainer.metrics import TrainerMetrics
+from trainer.metrics import MonitoringGauges, TrainerMetrics
 from trainer.queue import CeleryQueue, JobQueue, recover_jobs
 from trainer.settings import TrainerSettings
 
@@ -81,6 +81,8 @@ def create_app(
         )
         app.state.health = HealthCheck(store, jobs_queue, settings.health_timeout_s)
         app.state.dispatcher = dispatcher
+        gauges = MonitoringGauges(store.latest_monitoring)
+        app.state.metrics.registry.register(gauges)
         # Every queued job is sent again: the broker may have lost messages while we were down.
         await asyncio.to_thread(recover_jobs, store, settings, resend_queued=True)
         dispatcher.start()
@@ -94,6 +96,7 @@ def create_app(
             await asyncio.to_thread(dispatcher.stop)
             if queue is None and isinstance(jobs_queue, CeleryQueue):
                 jobs_queue.close()
+            app.state.metrics.registry.unregister(gauges)
             if engine is None:
                 db.dispose()
 

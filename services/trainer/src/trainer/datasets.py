@@ -178,15 +178,14 @@ def check_target(
         )
 
 
-def load_uri(
+def load_table(
     store: ObjectStore,
     uri: str,
-    target: str,
     max_rows: int,
     *,
     buckets: Collection[str] = DEFAULT_DATASET_BUCKETS,
     max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
-) -> LoadedDataset:
+) -> pd.DataFrame:
     """Download and parse a table; checks again what the API checked, since the object may have
     changed since (or the request predates the limits)."""
     try:
@@ -203,12 +202,26 @@ def load_uri(
             raise Unprocessable(f"no object at {uri}", field="dataset.uri") from exc
         raise
     frame = read_table(raw, uri)
-    if target not in frame.columns:
-        raise Unprocessable(f"target column {target!r} is not in {uri}", field="dataset.target")
     if len(frame) > max_rows:
         raise Unprocessable(
             f"{uri} has {len(frame)} rows; the limit is {max_rows}", field="dataset.uri"
         )
+    return frame
+
+
+def load_uri(
+    store: ObjectStore,
+    uri: str,
+    target: str,
+    max_rows: int,
+    *,
+    buckets: Collection[str] = DEFAULT_DATASET_BUCKETS,
+    max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+) -> LoadedDataset:
+    """A table with its target column: the rows that have a target value."""
+    frame = load_table(store, uri, max_rows, buckets=buckets, max_bytes=max_bytes)
+    if target not in frame.columns:
+        raise Unprocessable(f"target column {target!r} is not in {uri}", field="dataset.target")
     frame = frame[frame[target].notna()]
     if len(frame) < 10:
         raise Unprocessable(

@@ -24,7 +24,7 @@ from trainer.datasets import (
     check_target,
 )
 from trainer.jobs import IdempotencyConflict, Job, JobStore
-from trainer.schemas import JobStatus, JobView, TrainRequest
+from trainer.schemas import JobKind, JobStatus, JobView, MonitorRequest, TrainRequest
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def job_view(job: Job) -> JobView:
     return JobView(
         job_id=job.id,
+        kind=cast(JobKind, job.kind),
         status=cast(JobStatus, job.status),
         model_name=job.model_name,
         attempts=job.attempts,
@@ -42,6 +43,7 @@ def job_view(job: Job) -> JobView:
         metrics=job.metrics,
         promoted=job.promoted,
         promotion=job.promotion,
+        result=job.result,
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,
@@ -102,7 +104,7 @@ class JobsHandler:
             check_dataset_bucket(spec.test_uri, self.dataset_buckets, field="dataset.test_uri")
             check_target(self.objects, spec.test_uri, spec.target, self.max_dataset_bytes)
 
-    def check_capacity(self, request: TrainRequest) -> None:
+    def check_capacity(self, request: TrainRequest | MonitorRequest) -> None:
         """429 once the workers have ``max_active_jobs`` queued or running.
 
         A replayed idempotency key is let through: it creates nothing. The count and the insert
@@ -129,10 +131,21 @@ class JobsHandler:
         raises (the error handlers answer 503).
         """
         self.validate(request)
+        return self._record(request, "train")
+
+    def submit_monitoring(self, request: MonitorRequest) -> tuple[JobView, bool]:
+        """Record a monitoring job (``trainer.monitor``), like ``submit``; whether the alias
+        resolves and the log holds rows is found out by the worker (the job fails, or reports
+        too few rows)."""
+        return self._record(request, "monitor")
+
+    def _record(self, request: TrainRequest | MonitorRequest, kind: str) -> tuple[JobView, bool]:
         self.check_capacity(request)
         body = request.model_dump(mode="json")
         try:
-            job, created = self.store.create(request.model_name, body, request.idempotency_key)
+            job, created = self.store.create(
+                request.model_name, body, request.idempotency_key, kind
+            )
         except IdempotencyConflict as exc:
             raise Conflict(
                 f"idempotency_key {request.idempotency_key!r} was used for a different request "
@@ -141,7 +154,7 @@ class JobsHandler:
             ) from exc
         if created:
             self.notify()
-            log.info("job %s queued for %s", job.id, request.model_name)
+            log.info("%s job %s queued for %s", kind, job.id, request.model_name)
         return job_view(job), created
 
     def get(self, job_id: str, principal: Principal) -> JobView:
@@ -152,10 +165,17 @@ class JobsHandler:
         return job_view(job)
 
     def list(
-        self, model_name: str | None, status: str | None, limit: int, principal: Principal
+        self,
+        model_name: str | None,
+        status: str | None,
+        limit: int,
+        principal: Principal,
+        kind: str | None = None,
     ) -> list[JobView]:
         """Only the jobs of models the token may see."""
         if model_name is not None:
             principal.require("jobs:read", model_name)
-        jobs = self.store.recent(model_name, status, limit, model_like=principal.sql_like())
+        jobs = self.store.recent(
+            model_name, status, limit, model_like=principal.sql_like(), kind=kind
+        )
         return [job_view(j) for j in jobs]

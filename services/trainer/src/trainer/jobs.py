@@ -113,6 +113,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     model_name: Mapped[str] = mapped_column(String(128), index=True)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # "train" or "monitor" (trainer.monitor): both run on the workers, through the same outbox.
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     status: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
@@ -123,6 +125,7 @@ class Job(Base):
     metrics: Mapped[dict[str, float] | None] = mapped_column(JSON)
     promoted: Mapped[bool | None] = mapped_column(Boolean)
     promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -171,7 +174,9 @@ class JobStore:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
 
-    def create(self, model_name: str, request: dict[str, Any], key: str | None) -> tuple[Job, bool]:
+    def create(
+        self, model_name: str, request: dict[str, Any], key: str | None, kind: str = "train"
+    ) -> tuple[Job, bool]:
         """Insert a queued job; with a known idempotency key return the existing one (created=False).
 
         A key reused with a different request raises IdempotencyConflict.
@@ -181,6 +186,7 @@ class JobStore:
             idempotency_key=key,
             model_name=model_name,
             request=request,
+            kind=kind,
             status="queued",
             attempts=0,
             created_at=utcnow(),
@@ -300,9 +306,12 @@ class JobStore:
         status: str | None,
         limit: int,
         model_like: str | None = None,
+        kind: str | None = None,
     ) -> list[Job]:
         """Newest first; ``model_like`` (a SQL LIKE pattern, ``\\`` escapes) limits the names."""
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if kind:
+            query = query.where(Job.kind == kind)
         if model_name:
             query = query.where(Job.model_name == model_name)
         if model_like is not None:
@@ -311,6 +320,21 @@ class JobStore:
             query = query.where(Job.status == status)
         with self.sessions() as session:
             return list(session.scalars(query))
+
+    def latest_monitoring(self, scan: int = 500) -> list[Job]:
+        """The newest succeeded monitoring job of each model (among the last ``scan``)."""
+        query = (
+            select(Job)
+            .where(Job.kind == "monitor", Job.status == "succeeded")
+            .order_by(Job.finished_at.desc())
+            .limit(scan)
+        )
+        with self.sessions() as session:
+            jobs = list(session.scalars(query))
+        newest: dict[str, Job] = {}
+        for job in jobs:
+            newest.setdefault(job.model_name, job)
+        return list(newest.values())
 
     def active_count(self) -> int:
         """Jobs queued or running: what the workers still have to do."""

@@ -15,7 +15,7 @@ from mlops_common.names import (
     alias_error,
 )
 from mlops_common.promotion import ALL_METRICS
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainer.algorithms import ALL_NAMES, params_json_schema
 from trainer.datasets import MAX_URI_LENGTH, URI_PATTERN, check_dataset_uri
@@ -177,6 +177,13 @@ class Lineage(BaseModel):
         pattern=MANIFEST_URI,
         description="s3:// URI of the ETL's manifest.json (mlops.etl_manifest)",
     )
+    reason: str | None = Field(
+        default=None,
+        max_length=2000,
+        pattern=PRINTABLE,
+        description="why the pipeline trained (e.g. the drift monitor's finding): "
+        "mlops.trigger_reason",
+    )
 
 
 class TrainRequest(BaseModel):
@@ -228,11 +235,73 @@ class TrainRequest(BaseModel):
         return value
 
 
+class MonitorRequest(BaseModel):
+    """What ``POST /v1/monitor`` takes: which served model, which window, which thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(max_length=MAX_NEW_MODEL_NAME_LENGTH, pattern=NEW_MODEL_NAME_PATTERN)
+    alias: str = Field(
+        default="champion",
+        max_length=MAX_ALIAS_LENGTH,
+        description="the alias whose version is compared with its training data",
+    )
+    window_hours: float = Field(
+        default=1.0,
+        gt=0,
+        le=24 * 31,
+        description="the window ends at `end` (default: now) and starts this much earlier, "
+        "unless `start` is given",
+    )
+    start: AwareDatetime | None = Field(default=None, description="window start (ISO 8601, UTC)")
+    end: AwareDatetime | None = Field(default=None, description="window end (default: now)")
+    min_rows: int = Field(
+        default=100, ge=10, le=10_000_000, description="fewer logged rows: no drift figure"
+    )
+    min_labels: int = Field(
+        default=30,
+        ge=1,
+        le=10_000_000,
+        description="fewer labelled one-row requests of a version: no live figure for it",
+    )
+    max_drift_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="retrain when at least this share of the features drifted",
+    )
+    max_quality_drop: float = Field(
+        default=0.1,
+        gt=0,
+        le=1e6,
+        description="retrain when the served version's live metric is this much worse than "
+        "its run's, relative to it (0.1: 10% worse)",
+    )
+    idempotency_key: (
+        Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE)] | None
+    ) = None
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if problem := alias_error(value, for_write=False):
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError('"start" must be before "end"')
+        return self
+
+
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JobKind = Literal["train", "monitor"]
 
 
 class JobView(BaseModel):
     job_id: str
+    kind: JobKind = "train"
     status: JobStatus
     model_name: str
     attempts: int
@@ -251,6 +320,11 @@ class JobView(BaseModel):
         description="the champion/challenger decision: alias, metric, candidate_value and "
         "current_value (both scored on the same rows), promote, moved, reason, and comparison "
         "(rows_source, rows, rows_digest, candidate_metrics, champion_metrics, champion_error)",
+    )
+    result: dict[str, Any] | None = Field(
+        default=None,
+        description="monitoring jobs: version, window, rows, reference, drift (share, drifted, "
+        "features), quality (per version), decision (retrain, reasons), notes, run_id",
     )
     error: str | None = None
     created_at: datetime

@@ -110,6 +110,19 @@ class TrainerSettings(ServiceSettings):
     queue_full_retry_after_s: int = Field(
         default=30, ge=1, le=3600, description="Retry-After of a 429 when the queue is full"
     )
+    # Monitoring jobs (trainer.monitor): where inference's prediction log and feedback are.
+    monitor_experiment: str = Field(
+        default="monitoring", min_length=1, max_length=200, description="MLflow experiment"
+    )
+    monitor_log_bucket: str = Field(
+        default="data",
+        description="Bucket of the prediction log and feedback (INFERENCE_PREDICTION_LOG_BUCKET)",
+    )
+    monitor_max_rows: int = Field(
+        default=500_000,
+        ge=100,
+        description="Most logged rows one monitoring job reads (the newest files first)",
+    )
     mlflow: MLflowSettings = Field(default_factory=from_env(MLflowSettings))
     s3: S3Settings = Field(default_factory=from_env(S3Settings))
     db: DatabaseSettings = Field(default_factory=from_env(DatabaseSettings))
@@ -121,6 +134,13 @@ class TrainerSettings(ServiceSettings):
             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_timeout_s),
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_max_retries),
         }
+
+    @field_validator("monitor_log_bucket")
+    @classmethod
+    def _log_bucket(cls, value: str) -> str:
+        if problem := bucket_error(value):
+            raise ValueError(problem)
+        return value
 
     @field_validator("dataset_buckets")
     @classmethod

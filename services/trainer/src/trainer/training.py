@@ -565,6 +565,8 @@ def lineage_tags(request: TrainRequest, image: str | None) -> dict[str, str]:
         tags["mlops.dag_run_id"] = request.lineage.dag_run_id
         if request.lineage.etl_manifest:
             tags["mlops.etl_manifest"] = request.lineage.etl_manifest
+        if request.lineage.reason:
+            tags["mlops.trigger_reason"] = request.lineage.reason
     return tags
 
 

@@ -29,9 +29,10 @@ from mlops_common.storage import ObjectStore
 
 from trainer.dispatch import describe, send_pending
 from trainer.jobs import MIGRATIONS, VERSION_TABLE, Job, JobStore, WorkerIdentity, pid_alive
+from trainer.monitor import Monitor
 from trainer.queue import TASK_NAME, CeleryQueue, make_celery, recover_jobs
 from trainer.retry import retry_db, retry_outage
-from trainer.schemas import TrainRequest
+from trainer.schemas import MonitorRequest, TrainRequest
 from trainer.settings import TrainerSettings
 from trainer.training import JobFailed, Trainer, TrainingResult
 
@@ -48,7 +49,7 @@ celery_app: Celery = make_celery(settings)
 
 
 @cache
-def _runtime() -> tuple[JobStore, Trainer]:
+def _runtime() -> tuple[JobStore, Trainer, Monitor]:
     # Per process (the pool's too): MLflow reads these on every request; the environment wins.
     for name, value in settings.mlflow_client_env().items():
         os.environ.setdefault(name, value)
@@ -62,10 +63,12 @@ def _runtime() -> tuple[JobStore, Trainer]:
         headers={"Authorization": f"Bearer {token.get_secret_value()}"} if token else None,
     )
     assert settings.signing_key is not None  # checked at import
+    objects = ObjectStore.from_settings(settings.s3)
+    client = MlflowClient(settings.mlflow.tracking_uri)
     trainer = Trainer(
-        ObjectStore.from_settings(settings.s3),
+        objects,
         gateway,
-        MlflowClient(settings.mlflow.tracking_uri),
+        client,
         settings.experiment_name,
         settings.max_dataset_rows,
         dataset_buckets=settings.dataset_buckets,
@@ -73,7 +76,17 @@ def _runtime() -> tuple[JobStore, Trainer]:
         signing_key=settings.signing_key.get_secret_value(),
         image=settings.image,
     )
-    return JobStore(make_engine(url, settings.db.pool_size)), trainer
+    monitor = Monitor(
+        objects,
+        client,
+        experiment=settings.monitor_experiment,
+        bucket=settings.monitor_log_bucket,
+        max_rows=settings.monitor_max_rows,
+        max_dataset_rows=settings.max_dataset_rows,
+        dataset_buckets=settings.dataset_buckets,
+        max_dataset_bytes=settings.max_dataset_bytes,
+    )
+    return JobStore(make_engine(url, settings.db.pool_size)), trainer, monitor
 
 
 # Set when the worker's main process imports this module; its pool processes inherit them.
@@ -93,7 +106,7 @@ def _logging(**_: Any) -> None:
 @signals.worker_ready.connect
 def _recover(**_: Any) -> None:
     """A job the previous incarnation of this worker was running is retried or failed, never stuck."""
-    store, _trainer = _runtime()
+    store, _trainer, _monitor = _runtime()
     recover_jobs(
         store,
         settings,
@@ -113,7 +126,7 @@ def _recover(**_: Any) -> None:
 
 @celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
 def train_job(job_id: str) -> str:
-    store, trainer = _runtime()
+    store, trainer, monitor = _runtime()
     me = str(_identity())
     job = _claim(store, job_id, me)
     if job is None:
@@ -124,6 +137,8 @@ def train_job(job_id: str) -> str:
     beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beat.start()
     try:
+        if job.kind == "monitor":
+            return _monitor(store, monitor, job, me)
         return _run(store, trainer, job, me)
     finally:
         # Only now: while an outcome waits for the database, the job must not look abandoned.
@@ -174,6 +189,44 @@ def _run(store: JobStore, trainer: Trainer, job: Job, me: str) -> str:
     outcome = _record(job_id, "succeeded", lambda: _succeed(store, job_id, me, result))
     if outcome == "succeeded":
         log.info("job %s succeeded: %s v%d", job_id, job.model_name, result.model_version)
+    return outcome
+
+
+def _monitor(store: JobStore, monitor: Monitor, job: Job, me: str) -> str:
+    job_id = job.id
+    request = MonitorRequest.model_validate(job.request)
+    try:
+        result = retry_outage(
+            lambda: monitor.run(request, job_id),
+            budget_s=settings.outage_retry_s,
+            what=f"job {job_id}",
+        )
+    except JobFailed as exc:
+        log.error("monitoring job %s failed: %s", job_id, exc)
+        return _fail(store, job_id, me, str(exc))
+    except Exception as exc:
+        log.exception("monitoring job %s failed", job_id)
+        return _fail(store, job_id, me, f"{type(exc).__name__}: {exc}")
+
+    def write() -> bool:
+        return store.succeed(
+            job_id,
+            me,
+            run_id=result.run_id,
+            model_version=result.version,
+            metrics=result.metrics(),
+            result=result.as_json(),
+        )
+
+    outcome = _record(job_id, "succeeded", write)
+    if outcome == "succeeded":
+        log.info(
+            "monitoring job %s succeeded: %s v%d, retrain %s",
+            job_id,
+            job.model_name,
+            result.version,
+            result.decision.retrain,
+        )
     return outcome
 
 

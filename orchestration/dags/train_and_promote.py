@@ -36,6 +36,9 @@ PARAMS: dict[str, Any] = {
     "algorithm_params": Param({}, type="object"),
     "metric": Param("roc_auc", type="string", enum=ALL_METRICS),
     "margin": Param(0.0, type="number", minimum=0),
+    "trigger_reason": Param(
+        "", type="string", description="why the run was started (set by monitor_model)"
+    ),
     "inference_conn_id": Param(
         "inference_api", type="string", description="connection of the inference service to check"
     ),

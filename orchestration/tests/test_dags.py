@@ -21,7 +21,7 @@ def dagbag() -> Any:
 
 def test_every_dag_imports_without_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"etl_dataset", "train_and_promote"}
+    assert set(dagbag.dag_ids) == {"etl_dataset", "train_and_promote", "monitor_model"}
 
 
 def test_parsing_imports_no_heavy_libraries() -> None:
@@ -70,3 +70,18 @@ def test_train_and_promote_gates_promotion_on_the_comparison(dagbag: Any) -> Non
     assert dag.get_task("inference_serves").upstream_task_ids == {"promote"}
     assert dag.get_task("wait_for_training").mode == "reschedule"
     assert dag.get_task("submit_training").upstream_task_ids == {"split_and_write"}
+
+
+def test_monitor_model_triggers_retraining_only_past_a_threshold(dagbag: Any) -> None:
+    dag = dagbag.dags["monitor_model"]
+    trigger = dag.get_task("trigger_retraining")
+    assert trigger.trigger_dag_id == "train_and_promote"
+    assert trigger.skip_when_already_exists
+    assert trigger.upstream_task_ids == {"retraining_request"}
+    assert dag.get_task("retraining_request").upstream_task_ids == {
+        "wait_for_monitoring",
+        "needs_retraining",
+    }
+    assert dag.get_task("wait_for_monitoring").mode == "reschedule"
+    # The retraining run's params are the monitor's conf: train_and_promote must accept them.
+    assert {"model_name", "alias", "trigger_reason"} <= set(dagbag.dags["train_and_promote"].params)

@@ -14,7 +14,7 @@ from mlops_dags.connections import GATEWAY, INFERENCE, TRAINER, service_client
 log = logging.getLogger(__name__)
 
 
-def _fail_on_client_error(response: httpx.Response, what: str) -> None:
+def fail_on_client_error(response: httpx.Response, what: str) -> None:
     """4xx will not get better with a retry: fail the task for good, with the service's reason."""
     if 400 <= response.status_code < 500:
         raise AirflowFailException(f"{what}: {response.status_code} {response.text[:1000]}")
@@ -45,6 +45,7 @@ def training_request(
             "dag_id": dag_id,
             "dag_run_id": run_id,
             "etl_manifest": manifest["manifest_uri"],
+            **({"reason": params["trigger_reason"]} if params.get("trigger_reason") else {}),
         },
         "idempotency_key": f"airflow:{dag_id}:{run_id}:{params['model_name']}",
     }
@@ -63,7 +64,7 @@ def submit_training(
     body = training_request(manifest, params, dag_id, run_id)
     with service_client(TRAINER) as client:
         response = client.post("/v1/train", json=body)
-    _fail_on_client_error(response, "the trainer refused the job")
+    fail_on_client_error(response, "the trainer refused the job")
     job = response.json()
     log.info("training job %s %s for %s", job["job_id"], job["status"], params["model_name"])
     return str(job["job_id"])
@@ -75,7 +76,7 @@ def wait_for_training(job_id: str) -> PokeReturnValue:
     """Wait for the training job; a failed job fails this task with the trainer's reason."""
     with service_client(TRAINER) as client:
         response = client.get(f"/v1/jobs/{job_id}")
-    _fail_on_client_error(response, f"job {job_id}")
+    fail_on_client_error(response, f"job {job_id}")
     job = response.json()
     if job["status"] == "failed":
         raise AirflowFailException(f"training job {job_id} failed: {job['error']}")
@@ -137,7 +138,7 @@ def promote(decision: dict[str, Any], run_id: str | None = None) -> int:
             json={"version": version, "reason": decision["reason"]},
             headers={"X-Actor": f"airflow:train_and_promote/{run_id}"},
         )
-    _fail_on_client_error(response, f"moving {name}@{alias}")
+    fail_on_client_error(response, f"moving {name}@{alias}")
     log.info("%s@%s -> v%s (was v%s)", name, alias, version, response.json()["previous_version"])
     return int(version)
 

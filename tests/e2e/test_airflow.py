@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
+from mlops_common.datasets import load_builtin
 from mlops_common.http import wait_until
 
-from .conftest import StackUrls
+from .conftest import StackUrls, train
 
 pytestmark = pytest.mark.e2e
 
@@ -223,3 +227,129 @@ def test_a_failed_training_fails_the_run_with_the_trainer_reason(airflow: Airflo
     assert run["tasks"]["wait_for_training"]["try_number"] == 1
     assert "ridge" in airflow.log(run, "wait_for_training")
     assert "does not do classification" in airflow.log(run, "wait_for_training")
+
+
+# ---- monitor_model: drift and live quality that trigger retraining ------------------------------
+DRIFT_MODEL = "e2e-drift"
+
+
+def _logged_rows(http: httpx.Client, url: str) -> float:
+    for line in http.get(f"{url}/metrics").text.splitlines():
+        if line.startswith('inference_prediction_log_records_total{outcome="written"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _serve(http: httpx.Client, url: str, frame: pd.DataFrame, labels: pd.Series | None) -> None:
+    """``frame``'s rows through /predict, and until the log has written them: the first 40 one
+    per request with their label sent back (live quality matches one-row requests), the rest in
+    batches."""
+    before = _logged_rows(http, url)
+    records = json.loads(frame.to_json(orient="records"))
+    for i, row in enumerate(records[:40]):
+        answer = http.post(f"{url}/predict", json={"instances": [row]})
+        assert answer.status_code == 200, answer.text
+        if labels is not None:
+            label = int(labels.iloc[i])
+            sent = http.post(
+                f"{url}/v1/feedback",
+                json={"request_id": answer.json()["request_id"], "label": label},
+            )
+            assert sent.status_code == 202, sent.text
+    for start in range(40, len(records), 20):
+        answer = http.post(f"{url}/predict", json={"instances": records[start : start + 20]})
+        assert answer.status_code == 200, answer.text
+    assert wait_until(lambda: _logged_rows(http, url) >= before + len(records), 60, 0.5)
+
+
+def _monitor(airflow: Airflow, start: str, http: httpx.Client, stack: StackUrls) -> Any:
+    conf = {
+        "model_name": DRIFT_MODEL,
+        "window_start": start,
+        "min_rows": 100,
+        "min_labels": 30,
+        "retrain_params": {"source": "breast_cancer", "dataset_name": "e2e-drift"},
+    }
+    run = airflow.run("monitor_model", conf)
+    assert run["state"] == "success", airflow.states(run)
+    jobs = http.get(
+        f"{stack.trainer}/v1/jobs", params={"model_name": DRIFT_MODEL, "kind": "monitor"}
+    ).json()
+    return run, jobs[0]
+
+
+def _retraining_runs(airflow: Airflow) -> list[dict[str, Any]]:
+    runs = airflow.http.get("/api/v2/dags/train_and_promote/dagRuns", params={"limit": 100}).json()[
+        "dag_runs"
+    ]
+    return [r for r in runs if (r.get("conf") or {}).get("model_name") == DRIFT_MODEL]
+
+
+def test_monitor_model_retrains_on_shifted_traffic_exactly_once_and_never_on_unshifted(
+    stack: StackUrls,
+    airflow: Airflow,
+    http: httpx.Client,
+    extra_inference: Any,
+    mlflow_env: None,
+) -> None:
+    trained = train(
+        http,
+        stack,
+        {
+            "model_name": DRIFT_MODEL,
+            "dataset": {"builtin": "breast_cancer"},
+            "algorithm": "logistic_regression",
+            "promote": {"alias": "champion", "metric": "accuracy"},
+        },
+    )
+    assert trained["status"] == "succeeded" and trained["promoted"], trained
+    url = extra_inference(DRIFT_MODEL, 18804)
+    airflow.http.patch("/api/v2/dags/train_and_promote", json={"is_paused": False})
+    whole = load_builtin("breast_cancer")
+    features = whole.drop(columns=["target"])
+
+    # Traffic like the training data, labelled correctly: nothing to do.
+    calm = datetime.now(UTC).isoformat()
+    sample = whole.sample(200, random_state=7)
+    _serve(http, url, features.loc[sample.index], sample["target"])
+    run, job = _monitor(airflow, calm, http, stack)
+    result = job["result"]
+    assert result["rows"] == 200 and result["drift"]["share"] < 0.5, result
+    quality = {q["version"]: q for q in result["quality"]}
+    assert quality[trained["model_version"]]["labelled"] == 40
+    assert quality[trained["model_version"]]["live"] >= 0.8
+    assert airflow.states(run)["trigger_retraining"] == "skipped"
+    assert _retraining_runs(airflow) == []
+
+    # The same inputs, shifted: the monitor triggers one retraining run, with the reason.
+    shifted_at = datetime.now(UTC).isoformat()
+    _serve(http, url, features.sample(200, random_state=8) * 1.8, None)
+    run, job = _monitor(airflow, shifted_at, http, stack)
+    assert job["result"]["decision"]["retrain"], job["result"]
+    assert airflow.states(run)["trigger_retraining"] == "success"
+    # Hourly monitoring of the same served version does not retrain again that day.
+    again, _ = _monitor(airflow, shifted_at, http, stack)
+    assert airflow.states(again)["trigger_retraining"] == "skipped"
+    retraining = _retraining_runs(airflow)
+    assert [r["dag_run_id"] for r in retraining] == [
+        f"monitor__{DRIFT_MODEL}__v{trained['model_version']}__{datetime.now(UTC).date()}"
+    ]
+    reason = retraining[0]["conf"]["trigger_reason"]
+    assert reason.startswith("monitor_model: drift share") and job["result"]["run_id"] in reason
+
+    # The retraining run trains, and its run says why it was started.
+    run_id = retraining[0]["dag_run_id"]
+
+    def finished() -> bool:
+        state = airflow.http.get(f"/api/v2/dags/train_and_promote/dagRuns/{run_id}").json()
+        return state["state"] in ("success", "failed")
+
+    assert wait_until(finished, 300, 2.0)
+    jobs = http.get(
+        f"{stack.trainer}/v1/jobs", params={"model_name": DRIFT_MODEL, "kind": "train"}
+    ).json()
+    newest = jobs[0]
+    assert newest["status"] == "succeeded" and newest["job_id"] != trained["job_id"]
+    tags = MlflowClient().get_run(newest["run_id"]).data.tags
+    assert tags["mlops.trigger_reason"] == reason
+    assert tags["mlops.dag_run_id"] == run_id

@@ -10,7 +10,6 @@ import pytest
 from mlops_common.datasets import frame_digest
 from mlops_common.storage import S3Uri
 from mlops_dags import etl
-from mlops_dags.promotion import decide
 
 
 class MemoryStore:
@@ -118,24 +117,3 @@ def test_sources(source: str, target: str, expected: dict[str, str]) -> None:
 def test_bad_sources_fail_with_a_reason(source: str, target: str | None) -> None:
     with pytest.raises(etl.DataCheckFailed):
         etl.parse_source(source, target)
-
-
-def test_promotion_decisions() -> None:
-    champion = {"version": 1, "metrics": {"roc_auc": 0.90, "rmse": 10.0}}
-
-    def promotes(candidate: dict[str, float], metric: str, margin: float) -> bool:
-        decision = decide(
-            {"version": 2, "metrics": candidate}, champion, "champion", metric, margin
-        )
-        return bool(decision["promote"])
-
-    assert promotes({"roc_auc": 0.95}, "roc_auc", 0.01)
-    assert not promotes({"roc_auc": 0.905}, "roc_auc", 0.01)
-    assert not promotes({"roc_auc": 0.90}, "roc_auc", 0.0)
-    assert promotes({"rmse": 9.0}, "rmse", 0.5)
-    assert decide({"version": 1, "metrics": {"roc_auc": 0.5}}, None, "champion", "roc_auc", 0.0)[
-        "promote"
-    ]
-    rejected = decide({"version": 2, "metrics": {"f1": 0.99}}, champion, "champion", "f1", 0.0)
-    assert not rejected["promote"] and "champion v1 has no f1" in rejected["reason"]
-    assert rejected["champion_version"] == 1 and rejected["champion_value"] is None

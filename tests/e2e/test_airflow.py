@@ -270,7 +270,11 @@ def _monitor(airflow: Airflow, start: str, http: httpx.Client, stack: StackUrls)
         "min_labels": 30,
         "retrain_params": {"source": "breast_cancer", "dataset_name": "e2e-drift"},
     }
-    run = airflow.run("monitor_model", conf)
+    try:
+        run = airflow.run("monitor_model", conf)
+    finally:
+        # Unpaused, its hourly schedule would monitor `demo` in the middle of later tests.
+        airflow.http.patch("/api/v2/dags/monitor_model", json={"is_paused": True})
     assert run["state"] == "success", airflow.states(run)
     jobs = http.get(
         f"{stack.trainer}/v1/jobs", params={"model_name": DRIFT_MODEL, "kind": "monitor"}

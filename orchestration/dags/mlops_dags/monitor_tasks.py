@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import PokeReturnValue, task
-from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_dags.connections import TRAINER, service_client
-from mlops_dags.training_tasks import fail_on_client_error
+from mlops_dags.training_tasks import fail_on_client_error, finished_job
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +71,8 @@ def submit_monitoring(
 @task.sensor(poke_interval=5, timeout=3600, mode="reschedule")
 def wait_for_monitoring(job_id: str) -> PokeReturnValue:
     """Wait for the monitoring job; a failed job fails this task with the trainer's reason."""
-    with service_client(TRAINER) as client:
-        response = client.get(f"/v1/jobs/{job_id}")
-    fail_on_client_error(response, f"job {job_id}")
-    job = response.json()
-    if job["status"] == "failed":
-        raise AirflowFailException(f"monitoring job {job_id} failed: {job['error']}")
-    if job["status"] != "succeeded":
-        log.info("job %s is %s", job_id, job["status"])
+    job = finished_job(job_id, "monitoring")
+    if job is None:
         return PokeReturnValue(is_done=False)
     result = job["result"]
     log.info(

@@ -70,18 +70,27 @@ def submit_training(
     return str(job["job_id"])
 
 
+def finished_job(job_id: str, what: str) -> dict[str, Any] | None:
+    """The trainer's job once it succeeded, None while it is queued or running; a failed job
+    fails the task for good with the trainer's reason."""
+    with service_client(TRAINER) as client:
+        response = client.get(f"/v1/jobs/{job_id}")
+    fail_on_client_error(response, f"job {job_id}")
+    job: dict[str, Any] = response.json()
+    if job["status"] == "failed":
+        raise AirflowFailException(f"{what} job {job_id} failed: {job['error']}")
+    if job["status"] != "succeeded":
+        log.info("job %s is %s", job_id, job["status"])
+        return None
+    return job
+
+
 # Reschedule mode: between pokes the task gives its worker slot back.
 @task.sensor(poke_interval=5, timeout=3600, mode="reschedule")
 def wait_for_training(job_id: str) -> PokeReturnValue:
     """Wait for the training job; a failed job fails this task with the trainer's reason."""
-    with service_client(TRAINER) as client:
-        response = client.get(f"/v1/jobs/{job_id}")
-    fail_on_client_error(response, f"job {job_id}")
-    job = response.json()
-    if job["status"] == "failed":
-        raise AirflowFailException(f"training job {job_id} failed: {job['error']}")
-    if job["status"] != "succeeded":
-        log.info("job %s is %s", job_id, job["status"])
+    job = finished_job(job_id, "training")
+    if job is None:
         return PokeReturnValue(is_done=False)
     log.info(
         "job %s: %s v%s, metrics %s",

@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from celery import Celery, signals
@@ -29,7 +29,7 @@ from mlops_common.storage import ObjectStore
 
 from trainer.dispatch import describe, send_pending
 from trainer.jobs import MIGRATIONS, VERSION_TABLE, Job, JobStore, WorkerIdentity, pid_alive
-from trainer.monitor import Monitor
+from trainer.monitor import Monitor, MonitorResult
 from trainer.queue import TASK_NAME, CeleryQueue, make_celery, recover_jobs
 from trainer.retry import retry_db, retry_outage
 from trainer.schemas import MonitorRequest, TrainRequest
@@ -37,6 +37,7 @@ from trainer.settings import TrainerSettings
 from trainer.training import JobFailed, Trainer, TrainingResult
 
 log = logging.getLogger("trainer.worker")
+R = TypeVar("R")
 
 settings = TrainerSettings()
 if settings.signing_key is None:
@@ -170,82 +171,67 @@ def _claim(store: JobStore, job_id: str, me: str) -> Job | None:
 
 
 def _run(store: JobStore, trainer: Trainer, job: Job, me: str) -> str:
-    job_id = job.id
     request = TrainRequest.model_validate(job.request)
-    try:
-        # Rerunning is safe: a run that registered its version before failing is finished,
-        # not repeated (one version per job).
-        result = retry_outage(
-            lambda: trainer.run(request, job_id),
-            budget_s=settings.outage_retry_s,
-            what=f"job {job_id}",
-        )
-    except JobFailed as exc:
-        log.error("job %s failed: %s", job_id, exc)
-        return _fail(store, job_id, me, str(exc))
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        return _fail(store, job_id, me, f"{type(exc).__name__}: {exc}")
-    outcome = _record(job_id, "succeeded", lambda: _succeed(store, job_id, me, result))
-    if outcome == "succeeded":
-        log.info("job %s succeeded: %s v%d", job_id, job.model_name, result.model_version)
-    return outcome
+
+    def done(result: TrainingResult) -> tuple[dict[str, Any], str]:
+        values = {
+            "run_id": result.run_id,
+            "model_version": result.model_version,
+            "task": result.task,
+            "algorithm": result.algorithm,
+            "metrics": result.metrics,
+            "promoted": result.promoted,
+            "promotion": result.promotion,
+        }
+        return values, f"{job.model_name} v{result.model_version}"
+
+    # Rerunning is safe: a run that registered its version before failing is finished, not
+    # repeated (one version per job).
+    return _execute(store, job, me, lambda: trainer.run(request, job.id), done)
 
 
 def _monitor(store: JobStore, monitor: Monitor, job: Job, me: str) -> str:
-    job_id = job.id
     request = MonitorRequest.model_validate(job.request)
+
+    def done(result: MonitorResult) -> tuple[dict[str, Any], str]:
+        values = {
+            "run_id": result.run_id,
+            "model_version": result.version,
+            "metrics": result.metrics(),
+            "result": result.as_json(),
+        }
+        return values, f"{job.model_name} v{result.version}, retrain {result.decision.retrain}"
+
+    return _execute(store, job, me, lambda: monitor.run(request, job.id), done)
+
+
+def _execute(
+    store: JobStore,
+    job: Job,
+    me: str,
+    work: Callable[[], R],
+    done: Callable[[R], tuple[dict[str, Any], str]],
+) -> str:
+    """Run ``work`` through outages (``TRAINER_OUTAGE_RETRY_S``) and record its outcome: the
+    job's columns ``done`` gives, or the error."""
+    job_id = job.id
     try:
-        result = retry_outage(
-            lambda: monitor.run(request, job_id),
-            budget_s=settings.outage_retry_s,
-            what=f"job {job_id}",
-        )
+        result = retry_outage(work, budget_s=settings.outage_retry_s, what=f"job {job_id}")
     except JobFailed as exc:
-        log.error("monitoring job %s failed: %s", job_id, exc)
+        log.error("%s job %s failed: %s", job.kind, job_id, exc)
         return _fail(store, job_id, me, str(exc))
     except Exception as exc:
-        log.exception("monitoring job %s failed", job_id)
+        log.exception("%s job %s failed", job.kind, job_id)
         return _fail(store, job_id, me, f"{type(exc).__name__}: {exc}")
-
-    def write() -> bool:
-        return store.succeed(
-            job_id,
-            me,
-            run_id=result.run_id,
-            model_version=result.version,
-            metrics=result.metrics(),
-            result=result.as_json(),
-        )
-
-    outcome = _record(job_id, "succeeded", write)
+    values, summary = done(result)
+    outcome = _record(job_id, "succeeded", lambda: store.succeed(job_id, me, **values))
     if outcome == "succeeded":
-        log.info(
-            "monitoring job %s succeeded: %s v%d, retrain %s",
-            job_id,
-            job.model_name,
-            result.version,
-            result.decision.retrain,
-        )
+        log.info("%s job %s succeeded: %s", job.kind, job_id, summary)
     return outcome
 
 
 def _fail(store: JobStore, job_id: str, me: str, error: str) -> str:
     return _record(job_id, "failed", lambda: store.fail(job_id, me, error))
-
-
-def _succeed(store: JobStore, job_id: str, me: str, result: TrainingResult) -> bool:
-    return store.succeed(
-        job_id,
-        me,
-        run_id=result.run_id,
-        model_version=result.model_version,
-        task=result.task,
-        algorithm=result.algorithm,
-        metrics=result.metrics,
-        promoted=result.promoted,
-        promotion=result.promotion,
-    )
 
 
 def _record(job_id: str, outcome: str, write: Callable[[], bool]) -> str:

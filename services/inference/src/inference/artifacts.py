@@ -36,6 +36,12 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from mlops_common.artifacts import (
+    ArtifactRefused,
+    listed_files,
+    read_manifest,
+    unsafe_relative_path,
+)
 from mlops_common.signing import (
     MAX_ENVELOPE_BYTES,
     SIGNATURE_FILE,
@@ -43,14 +49,12 @@ from mlops_common.signing import (
     ManifestVerifier,
     SignatureError,
     check_files,
-    check_sizes,
 )
-from mlops_common.storage import ObjectTooLarge, S3Uri, S3UriError, StoredObject
+from mlops_common.storage import S3Uri, S3UriError, StoredObject
 from pydantic import ValidationError
 
 from inference.errors import ModelLoadError, ModelRejected, StoreUnavailable, describe_exception
 from inference.model import ModelVersion
-from inference.safe_load import unsafe_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +121,10 @@ class ArtifactCache:
             listing = self._source.list_objects(S3Uri(prefix.bucket, base))
         except Exception as exc:
             raise _store_failure(f"listing {artifact_uri} failed", exc) from exc
-        objects = {
-            relative_path(base, obj.key): obj for obj in listing if not obj.key.endswith("/")
-        }
+        try:
+            objects = listed_files(base, listing)
+        except ArtifactRefused as exc:
+            raise ModelRejected(f"refused: {exc}") from None
         if not objects:
             raise ModelLoadError(f"no artifacts under {artifact_uri}")
         manifest = self._verified_manifest(model_name, prefix.bucket, objects)
@@ -264,27 +269,16 @@ class ArtifactCache:
     ) -> Manifest | None:
         if self._verifier is None:
             return None
-        envelope = objects.get(SIGNATURE_FILE)
-        if envelope is None:
-            raise ModelRejected(
-                f"refused: not signed by the platform (no {SIGNATURE_FILE}); only versions "
-                "the trainer registered are served"
-            )
-        if envelope.size > MAX_ENVELOPE_BYTES:
-            raise ModelRejected(f"refused: {SIGNATURE_FILE} is {envelope.size} bytes")
         try:
-            # Bounded again: the object may have been replaced since it was listed.
-            data = self._source.get_bytes(S3Uri(bucket, envelope.key), MAX_ENVELOPE_BYTES)
-        except ObjectTooLarge as exc:
-            raise ModelRejected(f"refused: {SIGNATURE_FILE} is {exc.size} bytes or more") from None
+            return read_manifest(self._source, self._verifier, model_name, bucket, objects)
+        except ArtifactRefused as exc:
+            if SIGNATURE_FILE not in objects:
+                raise ModelRejected(
+                    f"refused: {exc}; only versions the trainer registered are served"
+                ) from None
+            raise ModelRejected(f"refused: {exc}") from None
         except Exception as exc:
             raise _store_failure(f"reading {SIGNATURE_FILE} failed", exc) from exc
-        try:
-            manifest = self._verifier.verify(data, model_name=model_name)
-            check_sizes(manifest, {path: obj.size for path, obj in objects.items()})
-        except SignatureError as exc:
-            raise ModelRejected(f"refused: {exc}") from None
-        return manifest
 
     def _reusable(
         self, dest: Path, record: Path, fingerprint: str, manifest: Manifest | None
@@ -303,23 +297,6 @@ class ArtifactCache:
             log.warning("the cached copy in %s is not as signed (%s); downloading again", dest, exc)
             return False
         return True
-
-
-def relative_path(base: str, key: str) -> str:
-    """Where object ``key`` (under the ``base`` prefix) goes in the model's folder.
-
-    Refused when it would be written outside that folder.
-    """
-    if not key.startswith(base):
-        raise ModelRejected(f"refused: artifact key {key!r} is not under {base!r}")
-    relative = key[len(base) :]
-    problem = unsafe_relative_path(relative)
-    if problem is not None:
-        raise ModelRejected(
-            f"refused: artifact key {key!r} {problem}: it would be written outside the model's "
-            "folder"
-        )
-    return relative
 
 
 def _store_unavailable(exc: BaseException) -> bool:

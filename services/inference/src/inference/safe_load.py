@@ -14,10 +14,11 @@ the previous version serving and shows the message as ``last_error``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
+from mlops_common.artifacts import unsafe_relative_path
 from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 
 from inference.errors import ModelLoadError, ModelRejected, describe_exception
@@ -133,22 +134,6 @@ def contained(local_dir: Path, relative: Any, what: str) -> Path:
     if problem is not None:
         raise ModelRejected(f"refused: {what} {relative!r} {problem}")
     return local_dir / relative
-
-
-def unsafe_relative_path(relative: str) -> str | None:
-    """Why ``relative`` could land outside the folder it is joined to, or None if it cannot."""
-    if "\\" in relative:
-        return "contains a backslash"
-    if "\x00" in relative:
-        return "contains a NUL byte"
-    if relative.startswith("/") or PurePosixPath(relative).is_absolute():
-        return "is an absolute path"
-    parts = relative.split("/")
-    if ".." in parts:
-        return "has a '..' segment"
-    if any(part in ("", ".") for part in parts):
-        return "has an empty or '.' segment"
-    return None
 
 
 def load_skops(path: Path) -> Any:

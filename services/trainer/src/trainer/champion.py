@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
+from mlops_common.artifacts import ArtifactRefused, listed_files, read_manifest
 from mlops_common.signing import (
-    MAX_ENVELOPE_BYTES,
     SIGNATURE_FILE,
     Manifest,
     ManifestVerifier,
     SignatureError,
     check_files,
-    check_sizes,
 )
-from mlops_common.storage import ObjectStore, ObjectTooLarge, S3Uri, S3UriError, StoredObject
+from mlops_common.storage import ObjectStore, S3Uri, S3UriError
 from mlops_common.trusted_types import PLATFORM_TRUSTED_TYPES
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,22 @@ def load_signed_model(
         raise ChampionRefused(f"artifact_uri {artifact_uri!r} is not an s3:// location") from exc
     base = prefix.key.rstrip("/") + "/"
     listing = _store(lambda: store.list_objects(S3Uri(prefix.bucket, base)), "listing")
-    objects = {o.key[len(base) :]: o for o in listing if not o.key.endswith("/")}
-    manifest = _verified_manifest(store, verifier, model_name, prefix.bucket, objects)
+    try:
+        objects = listed_files(base, listing)
+        manifest = _store(
+            lambda: read_manifest(store, verifier, model_name, prefix.bucket, objects),
+            f"reading {SIGNATURE_FILE}",
+        )
+    except ArtifactRefused as exc:
+        raise ChampionRefused(str(exc)) from None
     total = sum(digest.size for digest in manifest.files.values())
     if total > max_bytes:
         raise ChampionRefused(f"its files are {total} bytes; at most {max_bytes} are scored")
     if MODEL_FILE not in manifest.files:
         raise ChampionRefused(f"it has no {MODEL_FILE} (only skops models are scored)")
     for relative in manifest.files:
-        target = scratch / _safe_relative(relative)
+        # Every manifest path is a listed key's (check_sizes), so inside the folder.
+        target = scratch / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         key = S3Uri(prefix.bucket, objects[relative].key)
         try:
@@ -81,47 +87,6 @@ def load_signed_model(
     except SignatureError as exc:
         raise ChampionRefused(str(exc)) from None
     return _load_skops(scratch / MODEL_FILE), manifest
-
-
-def _verified_manifest(
-    store: ObjectStore,
-    verifier: ManifestVerifier,
-    model_name: str,
-    bucket: str,
-    objects: dict[str, StoredObject],
-) -> Manifest:
-    envelope = objects.get(SIGNATURE_FILE)
-    if envelope is None:
-        raise ChampionRefused(f"not signed by the platform (no {SIGNATURE_FILE})")
-    uri = S3Uri(bucket, envelope.key)
-    try:
-        data = store.get_bytes(uri, MAX_ENVELOPE_BYTES)
-    except ObjectTooLarge as exc:
-        raise ChampionRefused(f"{SIGNATURE_FILE} is {exc.size} bytes or more") from None
-    except Exception as exc:
-        raise ChampionUnavailable(f"reading {SIGNATURE_FILE} failed: {_describe(exc)}") from exc
-    try:
-        manifest = verifier.verify(data, model_name=model_name)
-        check_sizes(manifest, {path: obj.size for path, obj in objects.items()})
-    except SignatureError as exc:
-        raise ChampionRefused(str(exc)) from None
-    return manifest
-
-
-def _safe_relative(relative: str) -> PurePosixPath:
-    """A manifest path as a path inside the scratch folder; refused when it would leave it.
-
-    The manifest is signed, so this guards against a signing bug rather than an attacker.
-    """
-    path = PurePosixPath(relative)
-    if (
-        not relative
-        or path.is_absolute()
-        or "\\" in relative
-        or any(part in ("", ".", "..") for part in relative.split("/"))
-    ):
-        raise ChampionRefused(f"file {relative!r} would be written outside the model's folder")
-    return path
 
 
 def _load_skops(path: Path) -> Any:
@@ -137,6 +102,8 @@ def _load_skops(path: Path) -> Any:
 def _store(call: Callable[[], T], what: str) -> T:
     try:
         return call()
+    except ArtifactRefused:
+        raise
     except Exception as exc:
         raise ChampionUnavailable(f"{what} failed: {_describe(exc)}") from exc
 

@@ -243,31 +243,40 @@ def _one_vs_rest(
 def _roc(target: pd.Series, proba: np.ndarray, classes: list[Any]) -> Figure | None:
     from sklearn.metrics import RocCurveDisplay
 
-    curves = _one_vs_rest(target, proba, classes)
-    if not curves:
-        _skip("roc curve: the rows hold a single class")
-        return None
-    title = "ROC curve" if len(classes) == 2 else "ROC curves (one vs rest)"
-    figure, axes = _figure(title)
-    for label, positive, score in curves:
-        RocCurveDisplay.from_predictions(positive, score, name=f"class {label}", ax=axes)
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-    axes.set_title(title)
-    figure.tight_layout()
-    return figure
+    return _curves(
+        target, proba, classes, RocCurveDisplay, "ROC curve", "ROC curves", diagonal=True
+    )
 
 
 def _precision_recall(target: pd.Series, proba: np.ndarray, classes: list[Any]) -> Figure | None:
     from sklearn.metrics import PrecisionRecallDisplay
 
+    return _curves(
+        target, proba, classes, PrecisionRecallDisplay, "Precision-recall curve", "Precision-recall"
+    )
+
+
+def _curves(
+    target: pd.Series,
+    proba: np.ndarray,
+    classes: list[Any],
+    display: Any,
+    binary_title: str,
+    multiclass_title: str,
+    *,
+    diagonal: bool = False,
+) -> Figure | None:
+    """One curve per class (one vs rest) of a scikit-learn ``display``, on one figure."""
     curves = _one_vs_rest(target, proba, classes)
     if not curves:
-        _skip("precision-recall curve: the rows hold a single class")
+        _skip(f"{binary_title.lower()}: the rows hold a single class")
         return None
-    title = "Precision-recall curve" if len(classes) == 2 else "Precision-recall (one vs rest)"
+    title = binary_title if len(classes) == 2 else f"{multiclass_title} (one vs rest)"
     figure, axes = _figure(title)
     for label, positive, score in curves:
-        PrecisionRecallDisplay.from_predictions(positive, score, name=f"class {label}", ax=axes)
+        display.from_predictions(positive, score, name=f"class {label}", ax=axes)
+    if diagonal:
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axes.set_title(title)
     figure.tight_layout()
     return figure

@@ -12,11 +12,13 @@ import json
 import shutil
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
@@ -248,6 +250,84 @@ class FakeStore:
         shutil.copyfile(self._path(uri), filename)
 
 
+class FakeS3:
+    """An S3 endpoint on 127.0.0.1 that keeps PutObject bodies: what a writer process uploads.
+
+    Only PutObject is answered; enough for the prediction log's writer (boto3, path style).
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_PUT(self) -> None:
+                body = self._body()
+                with owner._lock:
+                    owner.objects["s3:/" + unquote(self.path.split("?", 1)[0])] = body
+                self.send_response(200)
+                self.send_header("ETag", '"0"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", ""):
+                    return self._chunked()
+                data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if "aws-chunked" in self.headers.get("Content-Encoding", ""):
+                    return _aws_chunks(data)
+                return data
+
+            def _chunked(self) -> bytes:
+                raw = b""
+                while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                    raw += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass  # trailers (checksums)
+                return raw
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def table(self, prefix: str) -> pa.Table:
+        with self._lock:
+            bodies = [data for uri, data in self.objects.items() if uri.startswith(prefix)]
+        assert bodies, f"nothing written under {prefix}"
+        return pa.concat_tables([pq.read_table(io.BytesIO(data)) for data in bodies])
+
+
+def _aws_chunks(data: bytes) -> bytes:
+    """The payload of an ``aws-chunked`` body (size;chunk-signature CRLF data CRLF ...)."""
+    out, pos = b"", 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return out
+        out += data[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+@pytest.fixture
+def fake_s3() -> Iterator[FakeS3]:
+    server = FakeS3()
+    yield server
+    server.close()
+
+
 class RecordingStore:
     """The object store's uploads (prediction log, feedback), kept in memory by URI.
 
@@ -462,7 +542,8 @@ def service(
 
     ``artifact_store`` replaces the ``FakeStore`` the manager downloads from, ``loader`` the
     function that loads a model version, ``record_store`` the ``RecordingStore`` the prediction
-    log (on unless overridden) and the feedback are written to.
+    log (on unless overridden) and the feedback are written to. ``writer_process=True`` has the
+    log written by its real writer process instead, to the S3 endpoint in ``s3`` (a ``FakeS3``).
     """
 
     @asynccontextmanager
@@ -471,6 +552,7 @@ def service(
         artifact_store: Any = None,
         loader: Any = None,
         record_store: RecordingStore | None = None,
+        writer_process: bool = False,
         **overrides: Any,
     ) -> AsyncIterator[Service]:
         overrides.setdefault("prediction_log_enabled", True)
@@ -500,7 +582,8 @@ def service(
             manager=manager,
             metrics=metrics,
             gateway_transport=httpx.MockTransport(gateway.handler),
-            record_store=records,
+            # The log's own writer process uploads to settings.s3; the feedback still to records.
+            record_store=None if writer_process else records,
         )
         async with (
             gateway_client,

@@ -7,7 +7,9 @@ reads them.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +20,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from inference.prediction_log import ChildWriter
 from inference.sink import Batch, RecordSink, SinkConfig
+from mlops_common.settings import S3Settings
+from pydantic import SecretStr
 
-from .conftest import RecordingStore
+from .conftest import FakeS3, RecordingStore
 
 pytestmark = pytest.mark.anyio
 
@@ -292,6 +297,68 @@ async def test_logging_off_starts_no_writer_and_writes_nothing(
         assert response.json()["request_id"] == response.headers["x-request-id"]
     assert svc.records.keys(PREDICTIONS) == []
     assert (logged(svc, "written"), logged(svc, "dropped")) == (0, 0)
+
+
+# ---- the writer process ------------------------------------------------------------------------
+def writer_exits(svc: Any) -> float:
+    value = svc.metrics.registry.get_sample_value("inference_prediction_log_writer_exits_total", {})
+    return float(value or 0.0)
+
+
+async def test_under_load_a_writer_process_writes_and_a_killed_one_is_replaced_every_row_counted(
+    service: Any, gateway: Any, artifacts: Any, to_rows: Any, fake_s3: FakeS3
+) -> None:
+    rows = to_rows(artifacts.frames["mixed"].iloc[:20])
+    bodies = [{"instances": rows[i % 19 : i % 19 + 1 + i % 2]} for i in range(60)]
+    gateway.set_alias("mixed", 1)
+    s3 = S3Settings(
+        endpoint_url=fake_s3.url,
+        access_key_id="test",
+        secret_access_key=SecretStr("test-secret"),
+        connect_timeout_s=2,
+        read_timeout_s=5,
+    )
+    settings = {
+        "s3": s3,
+        "prediction_log_flush_rows": 10,
+        "prediction_log_max_buffered_rows": 40,
+        "prediction_log_flush_interval_s": 0.2,
+        "prediction_log_write_attempts": 1,
+    }
+    served = 0
+    async with service("mixed", writer_process=True, **settings) as svc:
+        assert await svc.manager.poll_once()
+        log = svc.app.state.handler._log
+        first = log.writer
+        assert isinstance(first, ChildWriter)
+        assert first.pid != os.getpid()
+
+        async def burst() -> None:
+            nonlocal served
+            answers = await asyncio.gather(*(svc.post_json("/predict", b) for b in bodies))
+            assert [a.status_code for a in answers] == [200] * len(bodies)
+            served += sum(len(b["instances"]) for b in bodies)
+
+        await burst()
+        await until(lambda: logged(svc, "written") > 0)
+        os.kill(first.pid, signal.SIGKILL)
+        await until(lambda: writer_exits(svc) == 1)
+        await burst()
+        # The next file starts another writer process, which writes it.
+        await until(lambda: log.writer is not None and log.writer.pid != first.pid)
+        written_before = logged(svc, "written")
+        await burst()
+        await until(lambda: logged(svc, "written") > written_before)
+    written, dropped = logged(svc, "written"), logged(svc, "dropped")
+    assert written + dropped == served
+    assert written == fake_s3.table(PREDICTIONS).num_rows
+    assert writer_exits(svc) == 1
+    assert log.held_rows == 0
+    table = fake_s3.table(PREDICTIONS)
+    assert table.column_names[: len(META)] == META
+    assert set(table.column("model").to_pylist()) == {"mixed"}
+    for uri in fake_s3.objects:
+        assert KEY.fullmatch(uri), uri
 
 
 # ---- the sink on its own --------------------------------------------------------------------------

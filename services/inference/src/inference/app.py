@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.metadata import version
-from typing import Any
+from typing import Protocol
 
 import httpx
 from fastapi import FastAPI
@@ -17,6 +17,7 @@ from mlops_common.auth import TokenSource, TokenVerifier
 from mlops_common.errors import install_error_handlers
 from mlops_common.http import make_async_client
 from mlops_common.metrics import install_metrics
+from mlops_common.settings import S3Settings
 from mlops_common.storage import ObjectStore, make_s3_client
 
 from inference.api import router
@@ -27,9 +28,10 @@ from inference.events import follow_alias_moves
 from inference.feedback import FeedbackHandler, FeedbackRecord, feedback_batches
 from inference.gateway import GatewayClient
 from inference.handlers import PredictionHandler
+from inference.log_writer import WriterConfig
 from inference.manager import ModelManager
-from inference.metrics import InferenceMetrics
-from inference.prediction_log import PredictionLog, PredictionRecord, prediction_batches
+from inference.metrics import HoldsRows, InferenceMetrics
+from inference.prediction_log import ChildWriter, PredictionLog, ThreadWriter, WriterEndpoint
 from inference.request_ids import errors_carry_request_id
 from inference.settings import InferenceSettings
 from inference.sink import ObjectWriter, RecordSink, SinkConfig
@@ -86,40 +88,56 @@ def _sink_config(settings: InferenceSettings, prefix: str) -> SinkConfig:
     )
 
 
-def _record_store(settings: InferenceSettings) -> ObjectStore:
+def _record_s3(settings: InferenceSettings) -> S3Settings:
     # The sinks retry a failed upload themselves, between flushes: boto3's own retries on top
     # would hold the writer for up to max_attempts connect timeouts per try.
-    return ObjectStore(make_s3_client(settings.s3.model_copy(update={"max_attempts": 1})))
+    return settings.s3.model_copy(update={"max_attempts": 1})
 
 
 def _sinks(
-    settings: InferenceSettings, writer: ObjectWriter, metrics: InferenceMetrics
-) -> tuple[RecordSink[PredictionRecord] | None, RecordSink[FeedbackRecord]]:
-    """The prediction log's sink (None when logging is off) and the feedback's, not started."""
-    prediction_sink: RecordSink[PredictionRecord] | None = None
+    settings: InferenceSettings, store: ObjectWriter | None, metrics: InferenceMetrics
+) -> tuple[PredictionLog | None, RecordSink[FeedbackRecord]]:
+    """The prediction log (None when logging is off) and the feedback's sink, not started.
+
+    The log's writer is a process of its own (``log_writer.py``), or a thread of this one when
+    ``store`` is given (tests); the feedback, a few labels a second, keeps a thread.
+    """
+    prediction_log: PredictionLog | None = None
     if settings.prediction_log_enabled:
-        prediction_sink = RecordSink(
-            _sink_config(settings, "predictions"),
-            writer,
-            prediction_batches,
+        config = _sink_config(settings, "predictions")
+        start_writer: Callable[[], WriterEndpoint]
+        if store is None:
+            start_writer = functools.partial(
+                ChildWriter, WriterConfig(config, s3=_record_s3(settings))
+            )
+        else:
+            start_writer = functools.partial(ThreadWriter, WriterConfig(config), store)
+        prediction_log = PredictionLog(
+            config,
+            start_writer,
             on_outcome=metrics.prediction_logged,
+            on_writer_exit=metrics.prediction_writer_exited,
         )
     else:
         log.info("INFERENCE_PREDICTION_LOG_ENABLED is false: predictions are not logged")
     feedback_sink: RecordSink[FeedbackRecord] = RecordSink(
         _sink_config(settings, "feedback"),
-        writer,
+        store if store is not None else ObjectStore(make_s3_client(_record_s3(settings))),
         functools.partial(feedback_batches, settings.model_name),
         on_outcome=metrics.feedback_stored,
     )
-    watched: dict[str, RecordSink[Any]] = {"feedback": feedback_sink}
-    if prediction_sink is not None:
-        watched["predictions"] = prediction_sink
+    watched: dict[str, HoldsRows] = {"feedback": feedback_sink}
+    if prediction_log is not None:
+        watched["predictions"] = prediction_log
     metrics.watch_sinks(watched)
-    return prediction_sink, feedback_sink
+    return prediction_log, feedback_sink
 
 
-async def _close_sinks(sinks: Sequence[RecordSink[Any]], timeout_s: float) -> None:
+class _Closes(Protocol):
+    def close(self, timeout_s: float) -> None: ...
+
+
+async def _close_sinks(sinks: Sequence[_Closes], timeout_s: float) -> None:
     """Write what every sink holds, together, within ``timeout_s``."""
     await asyncio.gather(*(asyncio.to_thread(sink.close, timeout_s) for sink in sinks))
 
@@ -151,9 +169,10 @@ def create_app(
             gateway = GatewayClient(
                 client, resolve_timeout_s=settings.gateway_timeout_s, instance=settings.instance
             )
-            writer = record_store if record_store is not None else _record_store(settings)
-            prediction_sink, feedback_sink = _sinks(settings, writer, metrics)
-            sinks = [sink for sink in (prediction_sink, feedback_sink) if sink is not None]
+            prediction_log, feedback_sink = _sinks(settings, record_store, metrics)
+            sinks: list[PredictionLog | RecordSink[FeedbackRecord]] = [feedback_sink]
+            if prediction_log is not None:
+                sinks.insert(0, prediction_log)
             for sink in sinks:
                 sink.start()
             # Exit callbacks run in reverse: these close after the batcher and the manager.
@@ -200,7 +219,7 @@ def create_app(
                 max_queued_requests=settings.max_queued_requests,
                 max_body_bytes=settings.max_body_bytes,
                 on_overload=metrics.overloaded,
-                prediction_log=None if prediction_sink is None else PredictionLog(prediction_sink),
+                prediction_log=prediction_log,
             )
             app.state.feedback = FeedbackHandler(
                 feedback_sink,

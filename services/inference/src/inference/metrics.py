@@ -8,16 +8,23 @@ sinks ``prediction_logged`` and ``feedback_stored``, and the app serves its regi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inference.manager import ModelManager
-from inference.sink import Outcome, RecordSink
+from inference.sink import Outcome
 
 BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_EVENTS = ("swapped", "rejected", "load_failed")
 RECORD_OUTCOMES: tuple[Outcome, ...] = ("written", "dropped")
+
+
+class HoldsRows(Protocol):
+    """A buffer of records on their way to S3 (``RecordSink``, ``PredictionLog``)."""
+
+    @property
+    def held_rows(self) -> int: ...
 
 
 class InferenceMetrics:
@@ -67,16 +74,26 @@ class InferenceMetrics:
         for outcome in RECORD_OUTCOMES:
             self._logged.labels(outcome)
             self._feedback.labels(outcome)
+        self._writer_exits = Counter(
+            "inference_prediction_log_writer_exits",
+            "Times the prediction log's writer process ended unexpectedly (its rows counted "
+            "dropped; another is started)",
+            registry=self.registry,
+        )
 
     def prediction_logged(self, outcome: Outcome, rows: int) -> None:
         """Rows the prediction log wrote or dropped (its sink's ``on_outcome``)."""
         self._logged.labels(outcome).inc(rows)
 
+    def prediction_writer_exited(self) -> None:
+        """The prediction log's writer process died (``PredictionLog``'s ``on_writer_exit``)."""
+        self._writer_exits.inc()
+
     def feedback_stored(self, outcome: Outcome, rows: int) -> None:
         """Labels the feedback sink wrote or dropped (its ``on_outcome``)."""
         self._feedback.labels(outcome).inc(rows)
 
-    def watch_sinks(self, sinks: Mapping[str, RecordSink[Any]]) -> None:
+    def watch_sinks(self, sinks: Mapping[str, HoldsRows]) -> None:
         """Report the rows each sink holds (``{"predictions": sink, "feedback": sink}``)."""
         held = Gauge(
             "inference_record_buffer_rows",
@@ -128,5 +145,5 @@ class InferenceMetrics:
         degraded.set_function(lambda: 1 if manager.current is not None and manager.degraded else 0)
 
 
-def _held_rows(sink: RecordSink[Any]) -> Callable[[], float]:
+def _held_rows(sink: HoldsRows) -> Callable[[], float]:
     return lambda: sink.held_rows

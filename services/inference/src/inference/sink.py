@@ -72,10 +72,8 @@ class RecordSink(Generic[R]):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self._store = store
         self._to_batches = to_batches
         self._on_outcome = on_outcome
-        self._clock = clock
         self._lock = threading.Lock()
         self._pending: list[R] = []
         self._pending_rows = 0
@@ -84,7 +82,7 @@ class RecordSink(Generic[R]):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._abandoned = False
-        self._seq = 0
+        self._uploader = Uploader(config, store, clock=clock)
         self._thread = threading.Thread(
             target=self._run, name=f"{config.prefix}-writer", daemon=True
         )
@@ -177,7 +175,7 @@ class RecordSink(Generic[R]):
             log.exception("%s: cannot convert %d row(s), dropped", self.config.prefix, rows)
             batches = []
         for batch in batches:
-            if self._upload(batch):
+            if self._uploader.upload(batch, self._stopping, lambda: self._abandoned):
                 written += batch.table.num_rows
         self._settle(rows, min(written, rows))
 
@@ -191,7 +189,44 @@ class RecordSink(Generic[R]):
         if rows > written:
             self._on_outcome("dropped", rows - written)
 
-    def _upload(self, batch: Batch) -> bool:
+
+def _parquet(table: pa.Table) -> bytes:
+    """The table as a zstd Parquet file, encoded for speed: the writer must keep up with serving.
+
+    Dictionary encoding only for text columns (model, alias, string features: few distinct
+    values); on floats and request ids it triples the encoding time for a file barely smaller.
+    Level 1 zstd: about 0.6 µs a row for a 30-feature log, against 2.5 µs with the defaults.
+    """
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) and f.name != "request_id"]
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd", compression_level=1, use_dictionary=text)
+    return out.getvalue()
+
+
+class Uploader:
+    """One Parquet file per batch, under the layout above, with bounded retries.
+
+    Shared by ``RecordSink``'s thread and the prediction log's writer process (log_writer.py).
+    """
+
+    def __init__(
+        self, config: SinkConfig, store: ObjectWriter, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._clock = clock
+        self._seq = 0
+
+    def upload(
+        self,
+        batch: Batch,
+        stopping: threading.Event,
+        abandoned: Callable[[], bool] = lambda: False,
+        seq: int | None = None,
+    ) -> bool:
+        """Whether ``batch`` was written; ``seq`` numbers its file (default: this uploader's
+        own count). Retry waits end early once ``stopping`` is set, so a final flush at
+        shutdown tries again at once."""
         config = self.config
         try:
             data = _parquet(batch.table)
@@ -200,14 +235,13 @@ class RecordSink(Generic[R]):
                 "%s: cannot encode %d row(s), dropped", config.prefix, batch.table.num_rows
             )
             return False
-        uri = S3Uri(config.bucket, self._key(batch))
+        uri = S3Uri(config.bucket, self._key(batch, seq))
         delay = config.retry_base_s
         for attempt in range(1, config.write_attempts + 1):
             if attempt > 1:
-                # Not slept through at shutdown: the final flush tries again at once.
-                self._stopping.wait(delay)
+                stopping.wait(delay)
                 delay *= 2
-            if self._abandoned:
+            if abandoned():
                 break
             try:
                 self._store.put_bytes(uri, data)
@@ -224,17 +258,13 @@ class RecordSink(Generic[R]):
         log.warning("%s: %d row(s) dropped, not written", config.prefix, batch.table.num_rows)
         return False
 
-    def _key(self, batch: Batch) -> str:
-        self._seq += 1
+    def _key(self, batch: Batch, seq: int | None) -> str:
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
         stamp = datetime.fromtimestamp(self._clock(), UTC).strftime("%Y%m%dT%H%M%S%fZ")
         config = self.config
         return (
             f"{config.prefix}/{batch.model}/date={batch.day.isoformat()}/"
-            f"{config.instance}-{stamp}-{self._seq:06d}.parquet"
+            f"{config.instance}-{stamp}-{seq:06d}.parquet"
         )
-
-
-def _parquet(table: pa.Table) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd")
-    return out.getvalue()

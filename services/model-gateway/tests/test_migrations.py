@@ -11,7 +11,14 @@ from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
 from mlops_common.auth import TokenStore, api_tokens
 from mlops_common.db import migrate
-from model_gateway.db import MIGRATIONS_DIR, VERSION_TABLE, alias_audit, served_versions
+from model_gateway.db import (
+    MIGRATIONS_DIR,
+    VERSION_TABLE,
+    alias_audit,
+    rollout_audit,
+    rollouts,
+    served_versions,
+)
 
 
 def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
@@ -23,7 +30,7 @@ def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
     engine = sa.create_engine(url)
     # The gateway's tables: its own and the token table it migrates for the platform.
     schema = sa.MetaData()
-    for table in (alias_audit, api_tokens, served_versions):
+    for table in (alias_audit, api_tokens, served_versions, rollouts, rollout_audit):
         table.to_metadata(schema)
     try:
         inspector = sa.inspect(engine)
@@ -57,10 +64,14 @@ def test_alembic_upgrade_creates_alias_audit(tmp_path: Path) -> None:
             "model_name",
             "alias",
         ]
+        assert inspector.get_pk_constraint("rollouts")["constrained_columns"] == ["model_name"]
+        assert {"action", "revision", "spec", "figures"} <= {
+            c["name"] for c in inspector.get_columns("rollout_audit")
+        }
         with engine.connect() as conn:
             version_table = sa.table(VERSION_TABLE, sa.column("version_num"))
             version = conn.execute(sa.select(version_table.c.version_num)).scalar()
-            assert version == "0003_served_versions"
+            assert version == "0004_rollouts"
             # The migration and the table the code writes to describe the same schema.
             assert (
                 compare_metadata(

@@ -25,6 +25,7 @@ from model_gateway.handlers import (
     GatewayHandler,
     InstanceHeaders,
 )
+from model_gateway.rollouts import Rollouts
 from model_gateway.schemas import (
     MAX_VERSION,
     AliasMove,
@@ -38,6 +39,12 @@ from model_gateway.schemas import (
     ModelDetail,
     MoveAliasRequest,
     ResolvedAlias,
+    RolloutAbortRequest,
+    RolloutHistory,
+    RolloutPromoted,
+    RolloutPromoteRequest,
+    RolloutRequest,
+    RolloutView,
     TokenList,
     TokenView,
 )
@@ -96,6 +103,7 @@ async def get_instance_headers(
 
 HandlerDep = Annotated[GatewayHandler, Depends(from_state("handler"))]
 TokensDep = Annotated[TokensHandler, Depends(from_state("tokens"))]
+RolloutsDep = Annotated[Rollouts, Depends(from_state("rollouts"))]
 OnBehalfOf = Annotated[str | None, Depends(get_on_behalf_of)]
 InstanceReport = Annotated[InstanceHeaders | None, Depends(get_instance_headers)]
 ModelReader = Annotated[Principal, Depends(requires("models:read", model_param="name"))]
@@ -228,6 +236,69 @@ async def version_lineage(
     checked, every alias move to or from it, the aliases naming it now and the inference
     instances serving it."""
     return await handler.lineage(name, version)
+
+
+@router.get("/v1/models/{name}/rollout", responses=_errors)
+async def get_rollout(name: ModelName, rollouts: RolloutsDep, _: ModelReader) -> RolloutView:
+    """The model's traffic split (every variant with the version its alias names now); without
+    a rollout, ``active`` is false and every request goes to champion."""
+    return await rollouts.get(name)
+
+
+@router.put("/v1/models/{name}/rollout", responses={**_errors, 413: _errors[404]})
+async def set_rollout(
+    name: ModelName,
+    body: Annotated[RolloutRequest, Body()],
+    rollouts: RolloutsDep,
+    principal: ModelPromoter,
+    on_behalf_of: OnBehalfOf,
+) -> RolloutView:
+    """Start or change the rollout: integer weights summing to 100 over aliases that name a
+    version now (else 422), an optional mirror and sticky header and guard. Audited and
+    published like alias moves."""
+    return await rollouts.set(name, body, actor=principal.name, on_behalf_of=on_behalf_of)
+
+
+@router.delete("/v1/models/{name}/rollout", responses=_errors)
+async def end_rollout(
+    name: ModelName, rollouts: RolloutsDep, principal: ModelPromoter, on_behalf_of: OnBehalfOf
+) -> RolloutView:
+    """End the rollout: every request to champion (a model without one is left as it is)."""
+    return await rollouts.end(name, actor=principal.name, on_behalf_of=on_behalf_of)
+
+
+@router.post("/v1/models/{name}/rollout/promote", responses={**_errors, 409: _errors[404]})
+async def promote_rollout(
+    name: ModelName,
+    body: Annotated[RolloutPromoteRequest, Body()],
+    rollouts: RolloutsDep,
+    principal: ModelPromoter,
+    on_behalf_of: OnBehalfOf,
+) -> RolloutPromoted:
+    """Move champion to the winning variant's version (``alias``, default the heaviest variant
+    other than champion), then end the rollout; 404 without one."""
+    return await rollouts.promote(name, body, actor=principal.name, on_behalf_of=on_behalf_of)
+
+
+@router.post("/v1/models/{name}/rollout/abort", responses=_errors)
+async def abort_rollout(
+    name: ModelName,
+    body: Annotated[RolloutAbortRequest, Body()],
+    rollouts: RolloutsDep,
+    principal: ModelPromoter,
+    on_behalf_of: OnBehalfOf,
+) -> RolloutView:
+    """End the rollout at once, recording the reason and the figures (a tripped guard); 404
+    without one."""
+    return await rollouts.abort(name, body, actor=principal.name, on_behalf_of=on_behalf_of)
+
+
+@router.get("/v1/models/{name}/rollout/history", responses=_errors)
+async def rollout_history(
+    name: ModelName, rollouts: RolloutsDep, _: ModelReader, limit: Limit = 50
+) -> RolloutHistory:
+    """Every start, change, end, promotion and abort of the model's rollouts, newest first."""
+    return await rollouts.history(name, limit)
 
 
 @router.post(

@@ -24,6 +24,7 @@ from model_gateway.events import AliasEvents, NoAliasEvents, RedisAliasEvents
 from model_gateway.handlers import ArtifactStore, GatewayHandler
 from model_gateway.metrics import GatewayMetrics
 from model_gateway.mlflow_client import MlflowClient
+from model_gateway.rollouts import Rollouts
 from model_gateway.settings import GatewaySettings
 from model_gateway.tokens import TokensHandler
 
@@ -88,6 +89,7 @@ def create_app(
                 events=events,
                 metrics=metrics,
             )
+            app.state.rollouts = Rollouts(handler)
             yield
         finally:
             if handler is not None:

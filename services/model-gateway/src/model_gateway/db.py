@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -225,3 +226,186 @@ def ping(engine: Engine) -> None:
 def as_utc(value: datetime) -> datetime:
     # SQLite drops the offset on the way back; every value was written in UTC.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# ---- rollouts -----------------------------------------------------------------------------------
+# The model's current rollout, if any: one row per model.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("model_name", sa.String(256), primary_key=True),
+    sa.Column("spec", sa.JSON(), nullable=False),
+    sa.Column("revision", sa.Integer(), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("on_behalf_of", sa.String(256), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=True),
+)
+
+# Every change of a rollout: started, changed, ended, promoted, aborted.
+rollout_audit = sa.Table(
+    "rollout_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("revision", sa.Integer(), nullable=False),
+    sa.Column("spec", sa.JSON(), nullable=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("on_behalf_of", sa.String(256), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("figures", sa.JSON(), nullable=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rollout_audit_model_at", "model_name", "at"),
+)
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    model_name: str
+    spec: dict[str, Any]
+    revision: int
+    started_at: datetime
+    updated_at: datetime
+    actor: str
+    on_behalf_of: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RolloutChange:
+    """Who changes a rollout, when and why."""
+
+    actor: str
+    on_behalf_of: str | None
+    reason: str | None
+    at: datetime
+
+
+def _rollout(row: Any) -> RolloutRecord:
+    return RolloutRecord(
+        model_name=row["model_name"],
+        spec=row["spec"],
+        revision=row["revision"],
+        started_at=as_utc(row["started_at"]),
+        updated_at=as_utc(row["updated_at"]),
+        actor=row["actor"],
+        on_behalf_of=row["on_behalf_of"],
+        reason=row["reason"],
+    )
+
+
+def get_rollout(engine: Engine, model_name: str) -> RolloutRecord | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(sa.select(rollouts).where(rollouts.c.model_name == model_name))
+            .mappings()
+            .first()
+        )
+    return None if row is None else _rollout(row)
+
+
+def _last_revision(conn: Connection, model_name: str) -> int:
+    """The highest revision the model's rollouts have had (kept after one ends)."""
+    found = conn.execute(
+        sa.select(sa.func.max(rollout_audit.c.revision)).where(
+            rollout_audit.c.model_name == model_name
+        )
+    ).scalar()
+    return int(found or 0)
+
+
+def save_rollout(
+    engine: Engine, model_name: str, spec: dict[str, Any], change: RolloutChange
+) -> RolloutRecord:
+    """Start or change the model's rollout and audit it, in one transaction."""
+    with engine.begin() as conn:
+        current = (
+            conn.execute(
+                sa.select(rollouts).where(rollouts.c.model_name == model_name).with_for_update()
+            )
+            .mappings()
+            .first()
+        )
+        revision = _last_revision(conn, model_name) + 1
+        values = {
+            "spec": spec,
+            "revision": revision,
+            "updated_at": change.at,
+            "actor": change.actor,
+            "on_behalf_of": change.on_behalf_of,
+            "reason": change.reason,
+        }
+        if current is None:
+            conn.execute(
+                rollouts.insert().values(model_name=model_name, started_at=change.at, **values)
+            )
+        else:
+            conn.execute(
+                rollouts.update().where(rollouts.c.model_name == model_name).values(**values)
+            )
+        _audit(
+            conn, model_name, "started" if current is None else "changed", revision, spec, change
+        )
+        row = (
+            conn.execute(sa.select(rollouts).where(rollouts.c.model_name == model_name))
+            .mappings()
+            .one()
+        )
+    return _rollout(row)
+
+
+def end_rollout(
+    engine: Engine,
+    model_name: str,
+    action: str,
+    change: RolloutChange,
+    figures: dict[str, float] | None = None,
+) -> int | None:
+    """End the model's rollout (``action``: ended, promoted, aborted) and audit it; the new
+    revision, or None when there was none to end."""
+    with engine.begin() as conn:
+        deleted = conn.execute(rollouts.delete().where(rollouts.c.model_name == model_name))
+        if deleted.rowcount == 0:
+            return None
+        revision = _last_revision(conn, model_name) + 1
+        _audit(conn, model_name, action, revision, None, change, figures)
+    return revision
+
+
+def _audit(
+    conn: Connection,
+    model_name: str,
+    action: str,
+    revision: int,
+    spec: dict[str, Any] | None,
+    change: RolloutChange,
+    figures: dict[str, float] | None = None,
+) -> None:
+    conn.execute(
+        rollout_audit.insert().values(
+            model_name=model_name,
+            action=action,
+            revision=revision,
+            spec=spec,
+            actor=change.actor,
+            on_behalf_of=change.on_behalf_of,
+            reason=change.reason,
+            figures=figures,
+            at=change.at,
+        )
+    )
+
+
+def list_rollout_audit(engine: Engine, model_name: str, limit: int) -> list[dict[str, Any]]:
+    """The model's rollout changes, newest first."""
+    query = (
+        sa.select(rollout_audit)
+        .where(rollout_audit.c.model_name == model_name)
+        .order_by(rollout_audit.c.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [{**row, "at": as_utc(row["at"])} for row in rows]

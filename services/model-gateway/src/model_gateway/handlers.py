@@ -232,13 +232,13 @@ class GatewayHandler:
         self, name: str, alias: str, exc: MlflowApiError
     ) -> PlatformError:
         # MLflow answers 404 for an unknown model but 400 for an unset alias; ask which it is.
-        model = await self._registered_model(name)
+        model = await self.registered_model(name)
         if alias.lower() == "latest":
             if exc.not_found:
                 return NotFound(
                     f"model '{name}' has no versions for alias '{alias}' to name", field="alias"
                 )
-        elif alias not in _aliases(model):
+        elif alias not in registered_aliases(model):
             return NotFound(f"alias '{alias}' is not set on model '{name}'", field="alias")
         return UpstreamError(
             f"MLflow could not resolve {name}@{alias}: {exc.error_code}", upstream="mlflow"
@@ -406,8 +406,8 @@ class GatewayHandler:
         # the holder it actually replaced.
         lock = self._move_locks.setdefault((name, alias), asyncio.Lock())
         async with lock:
-            model = await self._registered_model(name)
-            previous = _aliases(model).get(alias)
+            model = await self.registered_model(name)
+            previous = registered_aliases(model).get(alias)
             mv = await self._model_version(name, version)
             status = _str_or_none(mv.get("status")) or "READY"
             if status != "READY":
@@ -494,9 +494,9 @@ class GatewayHandler:
         """Write the audit row and move the alias: both happen, or neither is kept."""
         # The row is inserted first and committed only once MLflow has moved the alias, so a
         # failed move leaves no record and a database outage leaves the alias untouched.
-        conn, trans = await self._db(self._begin)
+        conn, trans = await self.db_call(self._begin)
         try:
-            audit_id = await self._db(
+            audit_id = await self.db_call(
                 db.insert_move,
                 conn,
                 model_name=name,
@@ -554,15 +554,15 @@ class GatewayHandler:
         validate_model_name(name)
         if alias is not None:
             validate_alias(alias, for_write=False)
-        records = await self._db(db.list_moves, self.engine, name, alias, limit)
+        records = await self.db_call(db.list_moves, self.engine, name, alias, limit)
         return AuditHistory(name=name, records=[_audit_entry(r) for r in records])
 
     # -- list ----------------------------------------------------------------------------------
 
     async def describe_model(self, name: str) -> ModelDetail:
         validate_model_name(name)
-        model = await self._registered_model(name)
-        aliases = _aliases(model)
+        model = await self.registered_model(name)
+        aliases = registered_aliases(model)
         try:
             versions = await self.mlflow.search_versions(
                 name, self.settings.mlflow_search_page_size
@@ -620,7 +620,7 @@ class GatewayHandler:
         """Data, DAG run, training run, version, alias moves and serving instances of one
         version."""
         validate_model_name(name)
-        model = await self._registered_model(name)
+        model = await self.registered_model(name)
         mv = await self._model_version(name, version)
         number = _version_number(mv)
         run_id = _str_or_none(mv.get("run_id"))
@@ -630,8 +630,8 @@ class GatewayHandler:
         run, (artifact_uri, signature), moves, served = await asyncio.gather(
             self._lineage_run(run_id),
             self._signed_artifacts(name, number, run_id, version_tags),
-            self._db(db.list_version_moves, self.engine, name, number, MAX_LINEAGE_MOVES + 1),
-            self._db(db.list_served, self.engine, name, number, since),
+            self.db_call(db.list_version_moves, self.engine, name, number, MAX_LINEAGE_MOVES + 1),
+            self.db_call(db.list_served, self.engine, name, number, since),
         )
         run_tags = _tags(((run or {}).get("data") or {}).get("tags"))
         params = _run_params(run)
@@ -652,7 +652,7 @@ class GatewayHandler:
             ),
             alias_moves=[_audit_entry(r) for r in moves[:MAX_LINEAGE_MOVES]],
             alias_moves_truncated=len(moves) > MAX_LINEAGE_MOVES,
-            aliases_now=sorted(a for a, v in _aliases(model).items() if v == number),
+            aliases_now=sorted(a for a, v in registered_aliases(model).items() if v == number),
             served_by=[
                 ServedBy(
                     instance=r.instance,
@@ -738,7 +738,8 @@ class GatewayHandler:
 
     # -- shared lookups ------------------------------------------------------------------------
 
-    async def _registered_model(self, name: str) -> dict[str, Any]:
+    async def registered_model(self, name: str) -> dict[str, Any]:
+        """The registered model as MLflow describes it; 404 when there is none."""
         try:
             return await self.mlflow.get_registered_model(name)
         except MlflowApiError as exc:
@@ -754,7 +755,8 @@ class GatewayHandler:
                 raise NotFound(f"model '{name}' has no version {version}", field="version") from exc
             raise BadRequest(f"MLflow refused the version: {exc.message}", field="version") from exc
 
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def db_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in a thread; a database error is a 503."""
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except SQLAlchemyError as exc:
@@ -782,7 +784,8 @@ async def _passes(part: str, check: Callable[[], Awaitable[object]], limit_s: fl
     return True
 
 
-def _aliases(model: dict[str, Any]) -> dict[str, int]:
+def registered_aliases(model: dict[str, Any]) -> dict[str, int]:
+    """Alias -> version of a registered model as MLflow describes it."""
     out: dict[str, int] = {}
     for entry in model.get("aliases") or []:
         if not isinstance(entry, dict):

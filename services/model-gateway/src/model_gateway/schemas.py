@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -14,7 +16,8 @@ from mlops_common.auth import (
     check_scopes,
     parse_duration,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from mlops_common.names import alias_error
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 # MLflow stores versions in a 32-bit integer column.
 MAX_VERSION = 2_147_483_647
@@ -304,3 +307,156 @@ class Lineage(BaseModel):
         "served_by_window_s seconds"
     )
     served_by_window_s: float
+
+
+# ---- rollouts (model_gateway.rollouts) -------------------------------------------------------
+MAX_VARIANTS = 10
+# An HTTP header name (RFC 9110 token), short enough to log.
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+
+
+class RolloutVariant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(max_length=64, description="a registry alias of the model")
+    weight: StrictInt = Field(ge=0, le=100, description="share of requests, in percent")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if problem := alias_error(value, for_write=False):
+            raise ValueError(problem)
+        return value
+
+
+class RolloutGuard(BaseModel):
+    """Limits the variants other than ``champion`` must keep once they have ``min_requests``
+    requests; inference aborts the rollout when one breaks them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
+    max_p99_ms: float | None = Field(default=None, gt=0, le=600_000, allow_inf_nan=False)
+    min_requests: StrictInt = Field(default=500, ge=1, le=1_000_000_000)
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variants: list[RolloutVariant] = Field(
+        min_length=1,
+        max_length=MAX_VARIANTS,
+        description="aliases and their integer weights, summing to 100",
+    )
+    mirror: str | None = Field(
+        default=None,
+        max_length=64,
+        description="an alias that gets a copy of every request; its answers are only logged",
+    )
+    sticky_header: str | None = Field(
+        default=None,
+        pattern=HEADER_NAME,
+        description="requests with the same value of this header always land on the same variant",
+    )
+    guard: RolloutGuard | None = None
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT)
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror(cls, value: str | None) -> str | None:
+        if value is not None and (problem := alias_error(value, for_write=False)):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _split(cls, value: list[RolloutVariant]) -> list[RolloutVariant]:
+        aliases = [v.alias for v in value]
+        if len(set(aliases)) != len(aliases):
+            raise ValueError("each alias may appear once")
+        total = sum(v.weight for v in value)
+        if total != 100:
+            raise ValueError(f"the weights sum to {total}, not 100")
+        return value
+
+    @model_validator(mode="after")
+    def _mirror_apart(self) -> RolloutRequest:
+        if self.mirror is not None and self.mirror in {v.alias for v in self.variants}:
+            raise ValueError(f"mirror: {self.mirror!r} is a variant already; mirror another alias")
+        return self
+
+
+class RolloutTarget(BaseModel):
+    alias: str
+    weight: int
+    version: int | None = Field(description="what the alias names now (null: nothing)")
+
+
+class RolloutView(BaseModel):
+    name: str
+    active: bool = Field(description="false: every request goes to champion")
+    revision: int = Field(description="grows with every change of this model's rollout")
+    variants: list[RolloutTarget]
+    mirror: RolloutTarget | None = None
+    sticky_header: str | None = None
+    guard: RolloutGuard | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    actor: str | None = None
+    on_behalf_of: str | None = None
+    reason: str | None = None
+
+
+class RolloutPromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the winning variant; default: the heaviest variant other than champion",
+    )
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT)
+
+
+class RolloutAbortRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT)
+    figures: dict[str, float] | None = Field(
+        default=None,
+        max_length=20,
+        description="what tripped a guard (error rate, p99, requests), recorded in the history; "
+        "names of letters, digits, '_', '.', '-'",
+    )
+
+    @field_validator("figures")
+    @classmethod
+    def _figures(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, number in (value or {}).items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(f"figure name {name[:70]!r} is not letters, digits, '_', '.', '-'")
+            if not math.isfinite(number):
+                raise ValueError(f"figure {name!r} is not a finite number")
+        return value
+
+
+class RolloutPromoted(BaseModel):
+    move: AliasMove
+    rollout: RolloutView
+
+
+class RolloutHistoryEntry(BaseModel):
+    id: int
+    action: Literal["started", "changed", "ended", "promoted", "aborted"]
+    revision: int
+    spec: dict[str, Any] | None
+    actor: str
+    on_behalf_of: str | None
+    reason: str | None
+    figures: dict[str, float] | None
+    at: datetime
+
+
+class RolloutHistory(BaseModel):
+    name: str
+    entries: list[RolloutHistoryEntry]

@@ -242,7 +242,7 @@ class ExtraInference:
             "INFERENCE_PORT": str(port),
             "INFERENCE_GATEWAY_URL": self._stack.gateway,
             "INFERENCE_POLL_INTERVAL_S": "1",
-            # Their predictions are logged (off by default), flushed within seconds for the tests.
+            # Their predictions are logged (the default), flushed within seconds for the tests.
             "INFERENCE_PREDICTION_LOG_ENABLED": "true",
             "INFERENCE_PREDICTION_LOG_FLUSH_INTERVAL_S": "2",
             "INFERENCE_CACHE_DIR": tempfile.mkdtemp(prefix=f"inference-{model_name}-"),

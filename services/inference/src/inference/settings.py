@@ -99,10 +99,9 @@ class InferenceSettings(ServiceSettings):
         "the names of the files it writes; default <hostname>:<port>",
     )
     # The prediction log (prediction_log.py) and the feedback beside it: Parquet files in S3.
-    # Off by default until its cost is shown within 10% of single-row throughput: with the
-    # writer in a process of its own, two runs on 2 cores measured -13% and +3% (one-row, 8
-    # connections; docs/benchmarks.md), the second one dropping rows under saturation.
-    prediction_log_enabled: bool = False
+    # The drift monitor reads it. Its cost: -7.7% of one-row throughput at 8 connections, about
+    # -13% at 64 (docs/benchmarks.md, "Prediction log").
+    prediction_log_enabled: bool = True
     prediction_log_bucket: str = Field(
         default="data",
         min_length=3,

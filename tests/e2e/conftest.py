@@ -228,6 +228,8 @@ class ExtraInference:
         self._envs: dict[int, dict[str, str]] = {}
 
     def __call__(self, model_name: str, port: int, *, serving: bool = True) -> str:
+        # A second instance on a port would fail to bind while the first one answers its checks.
+        assert port not in self._procs, f"port {port} already serves another model in this session"
         token = self._stack.create_token(
             f"e2e-inference-{model_name}-{port}-{uuid.uuid4().hex[:6]}",
             "models:read",

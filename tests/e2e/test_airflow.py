@@ -307,7 +307,7 @@ def test_monitor_model_retrains_on_shifted_traffic_exactly_once_and_never_on_uns
         },
     )
     assert trained["status"] == "succeeded" and trained["promoted"], trained
-    url = extra_inference(DRIFT_MODEL, 18804)
+    url = extra_inference(DRIFT_MODEL, 18805)
     airflow.http.patch("/api/v2/dags/train_and_promote", json={"is_paused": False})
     whole = load_builtin("breast_cancer")
     features = whole.drop(columns=["target"])

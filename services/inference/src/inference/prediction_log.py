@@ -67,7 +67,7 @@ from inference.errors import describe_exception
 from inference.fastpath import NUMERIC_KINDS, Decoded
 from inference.log_writer import STOP, Done, Job, WriterConfig, read_frame, serve, write_frame
 from inference.model import Prediction, ServedModel
-from inference.sink import ObjectWriter, Outcome, SinkConfig
+from inference.sink import ObjectWriter, Outcome, SinkConfig, flush_loop, report_lost
 from inference.validation import InputSchema
 
 Inputs = Decoded | pd.DataFrame
@@ -525,28 +525,17 @@ class PredictionLog:
                 endpoint.kill()
             if writer.reader is not None:
                 writer.reader.join(max(0.0, deadline - time.monotonic()))
-        if lost:
-            log.warning(
-                "%s: %d row(s) not written within %.1fs of shutdown, dropped",
-                self.config.prefix,
-                lost,
-                timeout_s,
-            )
-            self._on_outcome("dropped", lost)
+        report_lost(self.config, lost, timeout_s, self._on_outcome)
 
     # ---- the hand-off thread ------------------------------------------------------------------
     def _run(self) -> None:
-        interval = self.config.flush_interval_s
-        next_flush = time.monotonic() + interval
-        while not self._stopping:
-            self._wake.wait(max(0.0, next_flush - time.monotonic()))
-            self._wake.clear()
-            if self._stopping:
-                break
-            if self._open_rows >= self.config.flush_rows or time.monotonic() >= next_flush:
-                self._hand_off()
-                next_flush = time.monotonic() + interval
-        self._hand_off()
+        flush_loop(
+            self.config,
+            self._wake,
+            stopping=lambda: self._stopping,
+            due=lambda: self._open_rows >= self.config.flush_rows,
+            flush=self._hand_off,
+        )
         writer = self._writer
         if writer is not None:
             # Gone already: its reader counts what it held.

@@ -134,29 +134,17 @@ class RecordSink(Generic[R]):
             self._pending, self._pending_rows = [], 0
             # A write still running must not count its rows again when it ends.
             self._abandoned = True
-        if lost:
-            log.warning(
-                "%s: %d row(s) not written within %.1fs of shutdown, dropped",
-                self.config.prefix,
-                lost,
-                timeout_s,
-            )
-            self._on_outcome("dropped", lost)
+        report_lost(self.config, lost, timeout_s, self._on_outcome)
 
     # ---- the writer thread --------------------------------------------------------------------
     def _run(self) -> None:
-        interval = self.config.flush_interval_s
-        next_flush = time.monotonic() + interval
-        while not self._stopping.is_set():
-            self._wake.wait(max(0.0, next_flush - time.monotonic()))
-            self._wake.clear()
-            if self._stopping.is_set():
-                break
-            due = self._pending_rows >= self.config.flush_rows
-            if due or time.monotonic() >= next_flush:
-                self._flush()
-                next_flush = time.monotonic() + interval
-        self._flush()
+        flush_loop(
+            self.config,
+            self._wake,
+            stopping=self._stopping.is_set,
+            due=lambda: self._pending_rows >= self.config.flush_rows,
+            flush=self._flush,
+        )
 
     def _take(self) -> tuple[list[R], int]:
         with self._lock:
@@ -188,6 +176,43 @@ class RecordSink(Generic[R]):
             self._on_outcome("written", written)
         if rows > written:
             self._on_outcome("dropped", rows - written)
+
+
+def flush_loop(
+    config: SinkConfig,
+    wake: threading.Event,
+    *,
+    stopping: Callable[[], bool],
+    due: Callable[[], bool],
+    flush: Callable[[], None],
+) -> None:
+    """Call ``flush`` every ``flush_interval_s``, or as soon as ``wake`` is set and ``due()``,
+    until ``stopping()``; then once more."""
+    interval = config.flush_interval_s
+    next_flush = time.monotonic() + interval
+    while not stopping():
+        wake.wait(max(0.0, next_flush - time.monotonic()))
+        wake.clear()
+        if stopping():
+            break
+        if due() or time.monotonic() >= next_flush:
+            flush()
+            next_flush = time.monotonic() + interval
+    flush()
+
+
+def report_lost(
+    config: SinkConfig, lost: int, timeout_s: float, on_outcome: Callable[[Outcome, int], None]
+) -> None:
+    """Count (and log) the rows still held when shutdown's wait ran out."""
+    if lost:
+        log.warning(
+            "%s: %d row(s) not written within %.1fs of shutdown, dropped",
+            config.prefix,
+            lost,
+            timeout_s,
+        )
+        on_outcome("dropped", lost)
 
 
 def _parquet(table: pa.Table) -> bytes:

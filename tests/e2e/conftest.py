@@ -234,6 +234,7 @@ class ExtraInference:
             f"e2e-inference-{model_name}-{port}-{uuid.uuid4().hex[:6]}",
             "models:read",
             "tokens:introspect",
+            "rollouts:abort",
             models=model_name,
         )
         self._envs[port] = {

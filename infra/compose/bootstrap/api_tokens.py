@@ -24,8 +24,9 @@ SERVICE_TOKENS: dict[str, tuple[str, ...]] = {
     "admin": ("admin",),
     # Resolves aliases and promotes the versions it trains.
     "trainer": ("models:read", "models:promote"),
-    # Resolves its alias and checks its callers' tokens at the gateway.
-    "inference": ("models:read", "tokens:introspect"),
+    # Resolves its alias, checks its callers' tokens and ends a rollout whose guard trips (all
+    # traffic back to champion; it cannot move aliases) at the gateway.
+    "inference": ("models:read", "tokens:introspect", "rollouts:abort"),
     # What the DAGs do: train, watch jobs, read and promote models, check serving.
     "airflow": ("train", "jobs:read", "models:read", "models:promote", "predict"),
 }

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from mlops_common.auth import (
+    SCOPES,
     Principal,
     TokenStore,
     TokenVerifier,
@@ -17,6 +18,7 @@ from mlops_common.auth import (
     database_source,
     metadata,
     parse_duration,
+    requires,
 )
 from mlops_common.errors import Forbidden, ServiceUnavailable, Unauthorized
 
@@ -213,3 +215,26 @@ def test_durations(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
     with pytest.raises(ValueError):
         parse_duration("0d")
+
+
+def test_any_of_several_scopes_is_enough_and_a_refusal_names_them_all() -> None:
+    either = ("models:promote", "rollouts:abort")
+    Principal("guard", frozenset({"rollouts:abort"}), "iris").require(either, "iris")
+    Principal("promoter", frozenset({"models:promote"})).require(either, "iris")
+    Principal("root", frozenset({"admin"})).require(either, "iris")
+    with pytest.raises(Forbidden, match="'models:promote' or 'rollouts:abort'") as refused:
+        Principal("reader", frozenset({"models:read"})).require(either, "iris")
+    assert refused.value.details == {"scopes": list(either)}
+    with pytest.raises(Forbidden, match="'iris'"):
+        Principal("guard", frozenset({"rollouts:abort"}), "churn*").require(either, "iris")
+    # The abort scope opens nothing that needs promote.
+    with pytest.raises(Forbidden, match=r"'models:promote'$"):
+        Principal("guard", frozenset({"rollouts:abort"})).require("models:promote", "iris")
+
+
+def test_requires_refuses_unknown_scopes_when_the_route_is_declared() -> None:
+    assert "rollouts:abort" in SCOPES
+    requires(("models:promote", "rollouts:abort"), model_param="name")
+    for bad in ("rollout:abort", ("models:promote", "rollout:abort"), ()):
+        with pytest.raises(ValueError, match="known scopes"):
+            requires(bad)

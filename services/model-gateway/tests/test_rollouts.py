@@ -202,3 +202,75 @@ def test_rollouts_need_the_promote_scope_for_this_model(api: TestClient) -> None
     assert api.put("/v1/models/iris/rollout", json=SPLIT, headers=reader).status_code == 403
     assert api.delete("/v1/models/iris/rollout", headers=reader).status_code == 403
     assert api.post("/v1/models/iris/rollout/abort", json={}, headers=reader).status_code == 403
+
+
+def _token(api: TestClient, name: str, scopes: list[str], models: str = "iris") -> dict[str, str]:
+    response = api.post("/v1/tokens", json={"name": name, "scopes": scopes, "models": models})
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+def test_the_abort_scope_ends_a_rollout_and_nothing_else(
+    api: TestClient, registry: FakeMlflow, publisher: FakePublisher
+) -> None:
+    """Inference's own token: its guard may send every request back to champion, no more."""
+    assert api.put("/v1/models/iris/rollout", json=SPLIT).status_code == 200
+    guard = _token(api, "inference", ["models:read", "rollouts:abort"])
+
+    refused = [
+        api.put("/v1/models/iris/rollout", json=SPLIT, headers=guard),
+        api.delete("/v1/models/iris/rollout", headers=guard),
+        api.post("/v1/models/iris/rollout/promote", json={}, headers=guard),
+        api.put("/v1/models/iris/aliases/champion", json={"version": 3}, headers=guard),
+    ]
+    for response in refused:
+        assert response.status_code == 403, response.text
+        assert "'models:promote'" in response.json()["error"]["message"]
+        assert "rollouts:abort" not in response.json()["error"]["message"]
+    assert registry.models["iris"]["aliases"]["champion"] == 2
+    assert api.get("/v1/models/iris/rollout", headers=guard).json()["revision"] == 1
+
+    figures = {"error_rate": 0.2, "requests": 500.0}
+    aborted = api.post(
+        "/v1/models/iris/rollout/abort",
+        json={"reason": "guard: error rate 0.2 > 0.01", "figures": figures},
+        headers=guard,
+    )
+    assert aborted.status_code == 200, aborted.text
+    assert aborted.json()["active"] is False
+    entry = api.get("/v1/models/iris/rollout/history").json()["entries"][0]
+    assert (entry["action"], entry["actor"], entry["figures"]) == ("aborted", "inference", figures)
+    assert registry.models["iris"]["aliases"]["champion"] == 2
+    assert [e["revision"] for e in publisher.events] == [1, 2]
+
+
+def test_the_abort_scope_alone_is_enough_to_abort(api: TestClient) -> None:
+    assert api.put("/v1/models/iris/rollout", json=SPLIT).status_code == 200
+    guard = _token(api, "abort-only", ["rollouts:abort"])
+    response = api.post("/v1/models/iris/rollout/abort", json={}, headers=guard)
+    assert response.status_code == 200, response.text
+
+
+def test_abort_needs_promote_or_abort_for_this_model(api: TestClient) -> None:
+    assert api.put("/v1/models/iris/rollout", json=SPLIT).status_code == 200
+    neither = _token(api, "neither", ["models:read", "predict", "tokens:introspect"])
+    elsewhere = _token(api, "churn-guard", ["models:read", "rollouts:abort"], models="churn*")
+
+    lacking = api.post("/v1/models/iris/rollout/abort", json={}, headers=neither)
+    assert lacking.status_code == 403
+    error = lacking.json()["error"]
+    assert "'models:promote' or 'rollouts:abort'" in error["message"]
+    assert error["field"] == "Authorization"
+    assert error["details"] == {"scopes": ["models:promote", "rollouts:abort"]}
+
+    other_model = api.post("/v1/models/iris/rollout/abort", json={}, headers=elsewhere)
+    assert other_model.status_code == 403
+    assert "'iris'" in other_model.json()["error"]["message"]
+    assert api.get("/v1/models/iris/rollout").json()["active"] is True
+
+
+def test_the_promote_scope_still_aborts(api: TestClient) -> None:
+    assert api.put("/v1/models/iris/rollout", json=SPLIT).status_code == 200
+    promoter = _token(api, "promoter", ["models:promote"])
+    response = api.post("/v1/models/iris/rollout/abort", json={}, headers=promoter)
+    assert response.status_code == 200, response.text

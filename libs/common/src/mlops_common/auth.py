@@ -53,6 +53,11 @@ SCOPES: tuple[str, ...] = (
     "admin",
     # For services that check tokens through the gateway (inference) rather than the database.
     "tokens:introspect",
+    # Ending a model's rollout and nothing else (``POST .../rollout/abort``): for inference, whose
+    # guard ends a rollout when a variant misbehaves. Aborting is the fail-safe direction (all
+    # traffic back to champion), so the serving side gets it without ``models:promote``, which
+    # could also move aliases and start rollouts.
+    "rollouts:abort",
 )
 # Token names are shown in audit trails and logs: plain words only.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
@@ -141,20 +146,30 @@ class Principal:
                 self._model_cache[model_name] = allowed
         return allowed
 
-    def require(self, scope: str, model_name: str | None = None) -> None:
-        """Raise 403 naming the scope (or the model) this principal lacks."""
-        if not self.has(scope):
+    def require(self, scope: str | tuple[str, ...], model_name: str | None = None) -> None:
+        """Raise 403 naming the scope (or the model) this principal lacks.
+
+        ``scope`` is one scope, or a tuple of scopes any one of which is enough.
+        """
+        wanted = (scope,) if isinstance(scope, str) else scope
+        if not wanted:
+            raise ValueError("require needs at least one scope")
+        # The 403's details: ``scope`` for one, ``scopes`` (any of them) for several.
+        details: dict[str, str | list[str]] = (
+            {"scope": wanted[0]} if len(wanted) == 1 else {"scopes": list(wanted)}
+        )
+        if not any(self.has(s) for s in wanted):
             raise Forbidden(
-                f"token {self.name!r} lacks the scope {scope!r}",
+                f"token {self.name!r} lacks the scope {' or '.join(map(repr, wanted))}",
                 field="Authorization",
-                scope=scope,
+                **details,
             )
         if model_name is not None and not self.may_use(model_name):
             raise Forbidden(
                 f"token {self.name!r} may not use model {model_name!r} "
                 f"(limited to {self.models!r})",
                 field="Authorization",
-                scope=scope,
+                **details,
             )
 
     def covers(self, pattern: str) -> bool:
@@ -581,12 +596,20 @@ BEARER = HTTPBearer(
 )
 
 
-def requires(scope: str, *, model_param: str | None = None) -> Callable[..., Awaitable[Principal]]:
+def requires(
+    scope: str | tuple[str, ...], *, model_param: str | None = None
+) -> Callable[..., Awaitable[Principal]]:
     """A FastAPI dependency: the request's principal, which must hold ``scope``.
 
-    With ``model_param``, the path parameter of that name is a model name the token must be
-    allowed to use. The app keeps its ``TokenVerifier`` on ``app.state.verifier``.
+    ``scope`` may be a tuple of scopes: holding any one of them is enough (a 403 names them
+    all). With ``model_param``, the path parameter of that name is a model name the token must
+    be allowed to use. The app keeps its ``TokenVerifier`` on ``app.state.verifier``.
     """
+    wanted = (scope,) if isinstance(scope, str) else tuple(scope)
+    unknown = [s for s in wanted if s not in SCOPES]
+    if not wanted or unknown:
+        # A typo here would refuse every request: fail when the route is declared instead.
+        raise ValueError(f"requires() needs known scopes, got {scope!r}")
 
     async def dependency(
         request: Request,
@@ -595,7 +618,7 @@ def requires(scope: str, *, model_param: str | None = None) -> Callable[..., Awa
         verifier: TokenVerifier = request.app.state.verifier
         principal = await verifier.verify(request.headers.get("authorization"))
         model = request.path_params.get(model_param) if model_param else None
-        principal.require(scope, model)
+        principal.require(wanted, model)
         return principal
 
     return dependency

@@ -108,6 +108,12 @@ OnBehalfOf = Annotated[str | None, Depends(get_on_behalf_of)]
 InstanceReport = Annotated[InstanceHeaders | None, Depends(get_instance_headers)]
 ModelReader = Annotated[Principal, Depends(requires("models:read", model_param="name"))]
 ModelPromoter = Annotated[Principal, Depends(requires("models:promote", model_param="name"))]
+# Aborting a rollout only sends every request back to champion: inference's own token may do it
+# (rollouts:abort) when its guard trips, without models:promote.
+RolloutAborter = Annotated[
+    Principal,
+    Depends(requires(("models:promote", "rollouts:abort"), model_param="name")),
+]
 Admin = Annotated[Principal, Depends(requires("admin"))]
 Introspector = Annotated[Principal, Depends(requires("tokens:introspect"))]
 # The handler checks names and aliases (with messages saying which rule failed); the schema only
@@ -285,11 +291,11 @@ async def abort_rollout(
     name: ModelName,
     body: Annotated[RolloutAbortRequest, Body()],
     rollouts: RolloutsDep,
-    principal: ModelPromoter,
+    principal: RolloutAborter,
     on_behalf_of: OnBehalfOf,
 ) -> RolloutView:
     """End the rollout at once, recording the reason and the figures (a tripped guard); 404
-    without one."""
+    without one. Scope ``models:promote`` or ``rollouts:abort`` for the model."""
     return await rollouts.abort(name, body, actor=principal.name, on_behalf_of=on_behalf_of)
 
 

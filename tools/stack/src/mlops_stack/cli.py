@@ -505,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         required=True,
         help="a scope the token carries (repeat for several): "
-        "train, jobs:read, models:read, models:promote, predict, admin, tokens:introspect",
+        "train, jobs:read, models:read, models:promote, predict, admin, tokens:introspect, "
+        "rollouts:abort",
     )
     create.add_argument("--models", default="*", help="model names it may use (a glob; * = all)")
     create.add_argument("--expires", help="lifetime such as 30d, 12h, 90m or 2w (default never)")

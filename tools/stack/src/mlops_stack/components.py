@@ -59,7 +59,7 @@ PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": ""}
 SERVICE_TOKENS: dict[str, tuple[str, ...]] = {
     "admin": ("admin",),
     "trainer": ("models:read", "models:promote"),
-    "inference": ("models:read", "tokens:introspect"),
+    "inference": ("models:read", "tokens:introspect", "rollouts:abort"),
     "airflow": ("train", "jobs:read", "models:read", "models:promote", "predict"),
 }
 

@@ -32,6 +32,7 @@ from inference.app import create_app
 from inference.gateway import GatewayClient
 from inference.manager import ModelManager
 from inference.metrics import InferenceMetrics
+from inference.rollout import Rollout
 from inference.settings import InferenceSettings
 from mlops_common.http import make_async_client
 from mlops_common.settings import S3Settings
@@ -150,12 +151,15 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     mixed = _pipeline(LogisticRegression(max_iter=500), numeric, CATEGORICAL, [])
     mixed.fit(mixed_frame, labels)
 
-    names = ("churn-v1", "churn-v2", "prices-v1", "bare-v1", "mixed-v1")
+    names = ("churn-v1", "churn-v2", "prices-v1", "bare-v1", "mixed-v1", "churn-narrow")
     dirs = {name: root / name for name in names}
     _save(v1, dirs["churn-v1"], frame, labels)
     _save(v2, dirs["churn-v2"], frame, labels)
     _save(regressor, dirs["prices-v1"], reg_frame, reg_target, skops_trusted_types=["numpy.dtype"])
     _save(mixed, dirs["mixed-v1"], mixed_frame, labels)
+    # A churn version that loads and checks fine but refuses rows with the ``member`` column: a
+    # challenger that fails the traffic the champion serves.
+    _save(mixed, dirs["churn-narrow"], mixed_frame, labels)
     _save(v1, dirs["bare-v1"], frame, labels, signature=False, example=False)
     # A version whose MLmodel is fine but whose model file is garbage.
     dirs["churn-broken"] = root / "churn-broken"
@@ -389,6 +393,10 @@ class FakeGateway:
     dropped_introspections: int = 0
     # Headers of every alias resolve, oldest first.
     resolve_headers: list[httpx.Headers] = field(default_factory=list)
+    # The rollout of each model, as GET /v1/models/{name}/rollout answers (RolloutView).
+    rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Bodies of POST /v1/models/{name}/rollout/abort, oldest first.
+    aborts: list[dict[str, Any]] = field(default_factory=list)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
@@ -413,6 +421,8 @@ class FakeGateway:
             token = json.loads(request.content)["token"]
             return httpx.Response(200, json=self.tokens.get(token, {"active": False}))
         parts = request.url.path.split("/")
+        if len(parts) >= 5 and parts[4] == "rollout":
+            return self._rollout(request, parts[3], parts[5:])
         # /v1/models/{name}/aliases/{alias}
         if request.method != "GET" or len(parts) != 6 or parts[4] != "aliases":
             return httpx.Response(404, json={"error": {"code": "not_found", "message": "no route"}})
@@ -441,6 +451,46 @@ class FakeGateway:
 
     def set_alias(self, name: str, version: int, alias: str = "champion") -> None:
         self.aliases[(name, alias)] = version
+
+    def set_rollout(
+        self,
+        name: str,
+        variants: dict[str, int],
+        *,
+        mirror: str | None = None,
+        sticky_header: str | None = None,
+        guard: dict[str, Any] | None = None,
+    ) -> None:
+        """Start or change ``name``'s rollout ({alias: weight}), a new revision."""
+        revision = self.rollouts.get(name, {}).get("revision", 0) + 1
+        self.rollouts[name] = {
+            "name": name,
+            "active": True,
+            "revision": revision,
+            "variants": [
+                {"alias": a, "weight": w, "version": self.aliases.get((name, a))}
+                for a, w in variants.items()
+            ],
+            "mirror": None if mirror is None else {"alias": mirror, "weight": 0, "version": None},
+            "sticky_header": sticky_header,
+            "guard": guard,
+        }
+
+    def end_rollout(self, name: str) -> None:
+        revision = self.rollouts.get(name, {}).get("revision", 0) + 1
+        self.rollouts[name] = {"name": name, "active": False, "revision": revision, "variants": []}
+
+    def _rollout(self, request: httpx.Request, name: str, rest: list[str]) -> httpx.Response:
+        if request.method == "GET" and not rest:
+            view = self.rollouts.get(name) or {"name": name, "active": False, "revision": 0}
+            return httpx.Response(200, json=view)
+        if request.method == "POST" and rest == ["abort"]:
+            if not self.rollouts.get(name, {}).get("active"):
+                return httpx.Response(404, json={"error": {"message": "no rollout"}})
+            self.aborts.append(json.loads(request.content))
+            self.end_rollout(name)
+            return httpx.Response(200, json=self.rollouts[name])
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no route"}})
 
 
 class FakeClock:
@@ -471,6 +521,7 @@ def gateway() -> FakeGateway:
         ("churn", 1): "churn-v1",
         ("churn", 2): "churn-v2",
         ("churn", 3): "churn-broken",
+        ("churn", 4): "churn-narrow",
         ("prices", 1): "prices-v1",
         ("bare", 1): "bare-v1",
         ("mixed", 1): "mixed-v1",
@@ -523,6 +574,11 @@ class Service:
     metrics: InferenceMetrics
     records: RecordingStore
 
+    @property
+    def rollout(self) -> Rollout:
+        rollout: Rollout = self.app.state.rollout
+        return rollout
+
     async def post_json(self, path: str, body: Any) -> httpx.Response:
         return await self.client.post(path, json=body)
 
@@ -564,22 +620,30 @@ def service(
             "http://gateway.test", transport=httpx.MockTransport(gateway.handler), retries=0
         )
         metrics = InferenceMetrics()
-        manager = ModelManager(
-            model_name=settings.model_name,
-            alias=settings.model_alias,
-            gateway=GatewayClient(gateway_client, instance=settings.instance),
-            store=store if artifact_store is None else artifact_store,
-            cache_dir=settings.cache_dir,
-            verifier=settings.manifest_verifier(),
-            store_retry_base_s=settings.store_retry_base_s,
-            store_retry_max_s=settings.store_retry_max_s,
-            **({"loader": loader} if loader is not None else {}),
-            clock=clock,
-            on_event=metrics.model_event,
-        )
+
+        def make_manager(alias: str, variant: bool = True) -> ModelManager:
+            return ModelManager(
+                model_name=settings.model_name,
+                alias=alias,
+                gateway=GatewayClient(gateway_client, instance=settings.instance),
+                store=store if artifact_store is None else artifact_store,
+                cache_dir=settings.cache_dir / "@variants" / alias
+                if variant
+                else settings.cache_dir,
+                verifier=settings.manifest_verifier(),
+                store_retry_base_s=settings.store_retry_base_s,
+                store_retry_max_s=settings.store_retry_max_s,
+                **({"loader": loader} if loader is not None else {}),
+                clock=clock,
+                on_event=metrics.model_event,
+                serve_cached=not variant,
+            )
+
+        manager = make_manager(settings.model_alias, variant=False)
         app = create_app(
             settings,
             manager=manager,
+            variant_manager=make_manager,
             metrics=metrics,
             gateway_transport=httpx.MockTransport(gateway.handler),
             # The log's own writer process uploads to settings.s3; the feedback still to records.

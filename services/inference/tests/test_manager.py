@@ -57,6 +57,7 @@ async def test_health_is_503_until_the_alias_exists_then_200(
         "last_error": None,
         "pending_version": None,
         "message": None,
+        "rollout": None,
     }
 
 

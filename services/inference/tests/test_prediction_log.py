@@ -30,7 +30,7 @@ from .conftest import FakeS3, RecordingStore
 pytestmark = pytest.mark.anyio
 
 PREDICTIONS = "s3://data/predictions/"
-META = ["request_id", "ts", "model", "version", "alias", "latency_ms"]
+META = ["request_id", "ts", "model", "version", "alias", "mirror", "latency_ms"]
 MIXED = ["age", "income", "visits", "city", "plan"]
 PRICES = ["age", "income", "visits", "city", "member"]
 KEY = re.compile(

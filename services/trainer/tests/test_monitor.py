@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlops_common.datasets import load_builtin
 from mlops_common.storage import S3Uri
 from trainer.jobs import JobStore
-from trainer.monitor import Monitor, MonitorResult
+from trainer.monitor import Monitor, MonitorResult, answered
 from trainer.schemas import MonitorRequest
 from trainer.training import JobFailed
 
@@ -259,3 +259,18 @@ def test_the_newest_result_of_each_model_is_exported_as_gauges(
     )
     assert f'mlops_monitor_live_quality{{metric="accuracy",model="{NAME}",version="3"}} 0.7' in text
     assert f'mlops_monitor_window_rows{{model="{NAME}"}} 500.0' in text
+
+
+def test_a_rollout_mirrors_copies_are_neither_traffic_nor_quality() -> None:
+    rows = pd.DataFrame(
+        {
+            "request_id": ["a", "a", "b", "c"],
+            "version": [1, 2, 1, 1],
+            "mirror": [False, True, None, False],
+        }
+    )
+    # None: a file written before rollouts, merged with newer ones.
+    assert list(answered(rows)["request_id"]) == ["a", "b", "c"]
+    assert set(answered(rows)["version"]) == {1}
+    older = rows.drop(columns="mirror")
+    assert len(answered(older)) == 4

@@ -65,7 +65,9 @@ async def predict(request: Request, handler: ServingDep) -> Response:
     # The raw body goes to the handler rather than through a pydantic model: this is the hot
     # path, and the handler validates every row against the model's own signature anyway.
     raw = await read_body(request, handler.max_body_bytes)
-    prediction, model = await handler.predict_json(raw, request_id=rid, started=started)
+    prediction, model = await handler.predict_json(
+        raw, request_id=rid, started=started, headers=request.headers
+    )
     body: dict[str, Any] = {
         "predictions": prediction.predictions,
         "probabilities": prediction.probabilities,

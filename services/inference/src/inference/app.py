@@ -24,7 +24,7 @@ from inference.api import router
 from inference.artifacts import ArtifactSource
 from inference.batching import Batcher
 from inference.deps import ModelGuard
-from inference.events import follow_alias_moves
+from inference.events import follow_model_events
 from inference.feedback import FeedbackHandler, FeedbackRecord, feedback_batches
 from inference.gateway import GatewayClient
 from inference.handlers import PredictionHandler
@@ -33,6 +33,7 @@ from inference.manager import ModelManager
 from inference.metrics import HoldsRows, InferenceMetrics
 from inference.prediction_log import ChildWriter, PredictionLog, ThreadWriter, WriterEndpoint
 from inference.request_ids import errors_carry_request_id
+from inference.rollout import HOLDER, Rollout
 from inference.settings import InferenceSettings
 from inference.sink import ObjectWriter, RecordSink, SinkConfig
 from inference.v2.routes import router as v2_router
@@ -133,6 +134,48 @@ def _sinks(
     return prediction_log, feedback_sink
 
 
+def _variant_manager(
+    settings: InferenceSettings,
+    gateway: GatewayClient,
+    store: ArtifactSource,
+    metrics: InferenceMetrics,
+    alias: str,
+) -> ModelManager:
+    return ModelManager.from_settings(
+        settings, gateway, store, on_event=metrics.model_event, variant=alias
+    )
+
+
+def _follows_rollouts(settings: InferenceSettings) -> bool:
+    if not settings.follow_rollouts:
+        log.info("INFERENCE_FOLLOW_ROLLOUTS is false: every request goes to %s", HOLDER)
+        return False
+    if settings.model_alias != HOLDER:
+        log.info(
+            "serving %s@%s: rollouts (between aliases, held by %s) are not followed",
+            settings.model_name,
+            settings.model_alias,
+            HOLDER,
+        )
+        return False
+    return True
+
+
+def _on_event(
+    settings: InferenceSettings,
+    manager: ModelManager,
+    rollout: Rollout,
+    event: dict[str, object] | None,
+) -> None:
+    """Route a gateway event (None: events may have been missed) to whoever it concerns."""
+    if event is None or event.get("type") == "rollout":
+        rollout.wake()
+    if event is None or event.get("alias") == settings.model_alias:
+        manager.wake()
+    if event is not None and isinstance(event.get("alias"), str):
+        rollout.wake_alias(str(event["alias"]))
+
+
 class _Closes(Protocol):
     def close(self, timeout_s: float) -> None: ...
 
@@ -150,10 +193,13 @@ def create_app(
     manager: ModelManager | None = None,
     metrics: InferenceMetrics | None = None,
     record_store: ObjectWriter | None = None,
+    variant_manager: Callable[[str], ModelManager] | None = None,
 ) -> FastAPI:
     """Build the app. An injected ``manager`` is driven by its owner (no background polling),
-    who passes it the same ``metrics`` (their ``model_event``) to have its events counted.
-    ``record_store`` receives the prediction log and the feedback (default: S3)."""
+    who passes it the same ``metrics`` (their ``model_event``) to have its events counted; the
+    rollout is then not followed either, but applied by the owner (``app.state.rollout``), with
+    the managers ``variant_manager`` makes for an alias. ``record_store`` receives the
+    prediction log and the feedback (default: S3)."""
     metrics = InferenceMetrics() if metrics is None else metrics
 
     @asynccontextmanager
@@ -179,29 +225,45 @@ def create_app(
             stack.push_async_callback(_close_sinks, sinks, settings.shutdown_grace_s)
             app.state.guard = _guard(settings, gateway.introspect)
             active = manager
+            artifacts = store if store is not None else ObjectStore.from_settings(settings.s3)
+            make_variant = variant_manager or functools.partial(
+                _variant_manager, settings, gateway, artifacts, metrics
+            )
             if active is None:
                 _warn_if_unsigned_allowed(settings)
                 active = ModelManager.from_settings(
-                    settings,
-                    gateway,
-                    store if store is not None else ObjectStore.from_settings(settings.s3),
-                    on_event=metrics.model_event,
+                    settings, gateway, artifacts, on_event=metrics.model_event
                 )
                 # The first load runs in the background too: the app answers (503) at once.
                 await active.start()
                 stack.push_async_callback(active.stop)
-                if settings.redis_url:
-                    follower = asyncio.create_task(
-                        follow_alias_moves(
-                            settings.redis_url,
-                            settings.alias_channel,
-                            settings.model_name,
-                            settings.model_alias,
-                            active.wake,
-                        )
+            rollout = Rollout(
+                holder=active,
+                gateway=gateway,
+                make_manager=make_variant,
+                series=metrics.variant,
+                prediction_log=prediction_log,
+                poll_interval_s=settings.poll_interval_s,
+                mirror_queue=settings.mirror_max_queued,
+                on_mirror=metrics.mirrored,
+                on_guard_trip=metrics.guard_tripped,
+                follow=manager is None and _follows_rollouts(settings),
+            )
+            await rollout.start()
+            # Before the sinks close: the mirror writes to the prediction log.
+            stack.push_async_callback(rollout.stop)
+            if manager is None and settings.redis_url:
+                follower = asyncio.create_task(
+                    follow_model_events(
+                        settings.redis_url,
+                        settings.alias_channel,
+                        settings.model_name,
+                        functools.partial(_on_event, settings, active, rollout),
                     )
-                    stack.push_async_callback(_cancel, follower)
+                )
+                stack.push_async_callback(_cancel, follower)
             app.state.manager = active
+            app.state.rollout = rollout
             batcher = Batcher(
                 max_size=settings.batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000,
@@ -211,7 +273,7 @@ def create_app(
             batcher.start()
             stack.push_async_callback(batcher.stop)
             app.state.handler = PredictionHandler(
-                active,
+                rollout,
                 max_batch_rows=settings.max_batch_rows,
                 batcher=batcher,
                 batching=settings.batching,

@@ -1,4 +1,5 @@
-"""Alias-move events from the gateway (Redis pub/sub): swap within a second instead of a poll.
+"""Events from the gateway (Redis pub/sub): alias moves and rollout changes, acted on within a
+second instead of at the next poll.
 
 Pub/sub is best effort (a message published while we are disconnected is gone), so polling
 stays on as the fallback; an event only makes the next poll happen now.
@@ -10,16 +11,22 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 RECONNECT_MAX_S = 30.0
 
 
-async def follow_alias_moves(
-    redis_url: str, channel: str, model_name: str, alias: str, on_move: Callable[[], None]
+async def follow_model_events(
+    redis_url: str,
+    channel: str,
+    model_name: str,
+    on_event: Callable[[dict[str, Any] | None], None],
 ) -> None:
-    """Call ``on_move`` for each event about ``model_name@alias``; reconnects until cancelled."""
+    """Call ``on_event`` with each event about ``model_name`` (``{"alias", ...}`` for a move,
+    ``{"type": "rollout", ...}``), and with None whenever events may have been missed (at every
+    (re)connection): then anything may have changed. Reconnects until cancelled."""
     import redis.asyncio as redis
 
     delay = 1.0
@@ -28,15 +35,15 @@ async def follow_alias_moves(
         try:
             async with client.pubsub() as pubsub:
                 await pubsub.subscribe(channel)
-                log.info("following alias moves on %s", channel)
+                log.info("following alias moves and rollouts on %s", channel)
                 delay = 1.0
-                # A move may have happened while we were not subscribed.
-                on_move()
+                on_event(None)
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
-                    if _concerns(message.get("data"), model_name, alias):
-                        on_move()
+                    event = _event(message.get("data"), model_name)
+                    if event is not None:
+                        on_event(event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -49,11 +56,11 @@ async def follow_alias_moves(
             await client.aclose()
 
 
-def _concerns(data: object, model_name: str, alias: str) -> bool:
+def _event(data: object, model_name: str) -> dict[str, Any] | None:
     try:
         event = json.loads(data) if isinstance(data, str | bytes) else None
     except ValueError:
-        return False
-    return (
-        isinstance(event, dict) and event.get("name") == model_name and event.get("alias") == alias
-    )
+        return None
+    if isinstance(event, dict) and event.get("name") == model_name:
+        return event
+    return None

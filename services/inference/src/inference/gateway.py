@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -68,19 +69,7 @@ class GatewayClient:
         headers = {SERVED_VERSION_HEADER: "" if served_version is None else str(served_version)}
         if self._instance is not None:
             headers[INSTANCE_HEADER] = self._instance
-        try:
-            # One deadline over the transport's retries too: a gateway that accepts connections
-            # but never answers must not hold the poll loop for the client's full timeouts.
-            async with asyncio.timeout(self._resolve_timeout_s):
-                response = await self._client.get(path, headers=headers)
-        except TimeoutError as exc:
-            raise GatewayError(
-                f"no answer from the gateway within {self._resolve_timeout_s:g}s", unavailable=True
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise GatewayError(
-                f"cannot reach the gateway: {type(exc).__name__}: {exc}", unavailable=True
-            ) from exc
+        response = await self._bounded("get", path, headers=headers)
         if response.status_code == 404:
             return AliasMissing(_error_message(response))
         if response.status_code != 200:
@@ -94,6 +83,53 @@ class GatewayClient:
         except ValidationError as exc:
             raise GatewayError(
                 f"unexpected gateway answer for {path}: {exc}", unavailable=False
+            ) from exc
+
+    async def rollout(self, name: str) -> dict[str, Any] | None:
+        """The model's rollout as the gateway states it (``RolloutView``); None when the gateway
+        does not know the model."""
+        path = f"/v1/models/{quote(name, safe='')}/rollout"
+        response = await self._bounded("get", path)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise GatewayError(
+                f"gateway answered {response.status_code} for {path}: {_error_message(response)}",
+                unavailable=response.status_code >= 500,
+                dependency=_upstream(response) or "gateway",
+            )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise GatewayError(f"unexpected gateway answer for {path}", unavailable=False) from exc
+        if not isinstance(body, dict):
+            raise GatewayError(f"unexpected gateway answer for {path}", unavailable=False)
+        return body
+
+    async def abort_rollout(self, name: str, *, reason: str, figures: dict[str, float]) -> None:
+        """End the model's rollout at once (a tripped guard); done too when there is none left
+        to end (another replica was first)."""
+        path = f"/v1/models/{quote(name, safe='')}/rollout/abort"
+        response = await self._bounded("post", path, json={"reason": reason, "figures": figures})
+        if response.status_code not in (200, 404):
+            raise GatewayError(
+                f"gateway answered {response.status_code} for {path}: {_error_message(response)}",
+                unavailable=response.status_code >= 500,
+            )
+
+    async def _bounded(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request within the resolve deadline: a gateway that accepts connections but
+        never answers must not hold the poll loop for the client's full timeouts and retries."""
+        try:
+            async with asyncio.timeout(self._resolve_timeout_s):
+                return await self._client.request(method, path, **kwargs)
+        except TimeoutError as exc:
+            raise GatewayError(
+                f"no answer from the gateway within {self._resolve_timeout_s:g}s", unavailable=True
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise GatewayError(
+                f"cannot reach the gateway: {type(exc).__name__}: {exc}", unavailable=True
             ) from exc
 
     async def introspect(self, token: str) -> Principal | None:

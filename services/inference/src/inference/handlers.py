@@ -6,14 +6,15 @@ Returns domain values and raises ``PlatformError``s; the route modules turn them
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from time import perf_counter
 from typing import Any, NoReturn, TypeVar
 
 import anyio.to_thread
 import numpy as np
 import orjson
 import pandas as pd
-from mlops_common.errors import ServiceUnavailable, Unprocessable
+from mlops_common.errors import NotFound, PlatformError, ServiceUnavailable, Unprocessable
 
 from inference.batching import Batcher, QueueFull
 from inference.errors import PayloadTooLarge, describe_exception
@@ -21,7 +22,8 @@ from inference.fastpath import Decoded
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
 from inference.prediction_log import PredictionLog
-from inference.schemas import HealthResponse, ModelInfo, ModelRef
+from inference.rollout import MirrorInput, Rollout, Variant
+from inference.schemas import HealthResponse, ModelInfo, ModelRef, RolloutState
 from inference.validation import build_frame, build_frame_from_columns, check_batch_size
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,13 @@ INLINE_ROWS = 512
 INLINE_BYTES = 256 * 1024
 # A compiled model call cheaper than this runs on the event loop: a thread hop costs more.
 INLINE_COST_S = 0.002
+FAILURE_LOG_INTERVAL_S = 10.0
 
 
 class PredictionHandler:
     def __init__(
         self,
-        manager: ModelManager,
+        rollout: Rollout,
         *,
         max_batch_rows: int,
         batcher: Batcher | None = None,
@@ -51,7 +54,8 @@ class PredictionHandler:
         on_overload: Callable[[str], None] = lambda _reason: None,
         prediction_log: PredictionLog | None = None,
     ) -> None:
-        self._manager = manager
+        self._rollout = rollout
+        self._manager: ModelManager = rollout.holder.manager
         self._max_batch_rows = max_batch_rows
         self._batcher = batcher
         self._batching = batching
@@ -63,40 +67,136 @@ class PredictionHandler:
         self._on_overload = on_overload
         # None when logging is off: a request then pays one attribute test.
         self._log = prediction_log
+        self._failure_logged: dict[str, float] = {}
 
     @property
     def current(self) -> ServedModel | None:
         """The model serving right now (None before the first load)."""
         return self._manager.current
 
-    async def predict_json(
-        self, raw: bytes, *, request_id: str, started: float
+    # ---- choosing the variant, and answering from another when it fails -------------------------
+    def choose(
+        self, headers: Mapping[str, str] | None = None, *, version: str | None = None
+    ) -> Variant:
+        """The variant to answer a request: by the rollout, or the one serving ``version`` (a
+        client may ask for a version by its number: V2's ``/versions/{v}``)."""
+        rollout = self._rollout
+        if version is None:
+            return rollout.pick(headers)
+        variant = rollout.variant_serving(int(version)) if version.isdigit() else None
+        if variant is None:
+            model = self._require_model()
+            meta = model.meta
+            raise NotFound(
+                f"{meta.name} version {version} is not served; version {meta.version} is "
+                f"(alias {meta.alias})",
+                field="version",
+            )
+        return variant
+
+    async def answer(
+        self,
+        variant: Variant,
+        score: Callable[[ServedModel], Awaitable[Prediction]],
+        *,
+        started: float,
+        rescue: bool = True,
     ) -> tuple[Prediction, ServedModel]:
-        """Score the rows of a ``/predict`` body (``{"instances": [...]}``) with the model served
-        right now, and log them as ``request_id`` (``started``: ``time.perf_counter()`` when the
-        request began); see ``_predict_rows``."""
+        """``score`` with ``variant``'s model. When a variant other than the holder fails the
+        request, the holder answers instead (unless ``rescue`` is false: the caller asked for
+        that version), and the failure counts as the variant's only if the holder succeeds: the
+        caller's own bad input fails everywhere."""
+        holder = self._rollout.holder
+        model = self._require_model() if variant is holder else variant.model
+        if model is None:  # unloaded since it was picked: its share goes to the holder
+            variant, model = holder, self._require_model()
+        rescue = rescue and variant is not holder
+        try:
+            prediction = await score(model)
+        except Unprocessable as exc:
+            if not rescue:
+                raise
+            failed = variant
+            self._variant_failed(variant, exc)
+        except PlatformError:
+            raise
+        except Exception as exc:
+            if not rescue:
+                variant.failed()
+                raise
+            failed = variant
+            self._variant_failed(variant, exc)
+        else:
+            variant.served(perf_counter() - started, model, prediction)
+            return prediction, model
         model = self._require_model()
+        prediction = await score(model)
+        failed.failed()
+        holder.served(perf_counter() - started, model, prediction)
+        return prediction, model
+
+    def _variant_failed(self, variant: Variant, exc: Exception) -> None:
+        # A broken challenger fails a share of every second's requests: said every 10 s at most.
+        now = perf_counter()
+        if now - self._failure_logged.get(variant.alias, -FAILURE_LOG_INTERVAL_S) < (
+            FAILURE_LOG_INTERVAL_S
+        ):
+            return
+        self._failure_logged[variant.alias] = now
+        log.warning(
+            "variant %s (version %s) failed a request, answered by %s instead: %s",
+            variant.alias,
+            variant.model.meta.version if variant.model is not None else "?",
+            self._rollout.holder.alias,
+            describe_exception(exc),
+            exc_info=exc if not isinstance(exc, PlatformError) else None,
+        )
+
+    def mirror(self, payload: MirrorInput, request_id: str) -> None:
+        """A copy of an answered request for the rollout's mirror, if it has one."""
+        self._rollout.mirror(payload, request_id)
+
+    async def predict_json(
+        self,
+        raw: bytes,
+        *,
+        request_id: str,
+        started: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Prediction, ServedModel]:
+        """Score the rows of a ``/predict`` body (``{"instances": [...]}``) with the variant the
+        rollout picks (``headers``: the request's, for a sticky key), and log them as
+        ``request_id`` (``started``: ``time.perf_counter()`` when the request began)."""
+
+        async def score(model: ServedModel) -> Prediction:
+            return await self._score_json(model, raw, request_id=request_id, started=started)
+
+        answer = await self.answer(self.choose(headers), score, started=started)
+        self._rollout.mirror(("json", raw), request_id)
+        return answer
+
+    async def _score_json(
+        self, model: ServedModel, raw: bytes, *, request_id: str, started: float
+    ) -> Prediction:
         decoded = await self._in_thread_if(len(raw) > INLINE_BYTES, model.decode_json, raw)
         if decoded is not None:
             self._check_row_count(decoded.rows)
             prediction = await self._predict_decoded(model, decoded)
             self._record(request_id, started, model, decoded, prediction)
-            return prediction, model
+            return prediction
         # Not the compiled model's plain form: parse generally and validate field by field.
         instances = parse_instances(raw)
-        return await self._predict_rows(instances, request_id=request_id, started=started)
+        return await self._predict_rows(model, instances, request_id=request_id, started=started)
 
     async def _predict_rows(
-        self, instances: list[Any], *, request_id: str, started: float
-    ) -> tuple[Prediction, ServedModel]:
-        """Score rows (objects, or lists in signature order) with the model served right now.
-
-        Returns the model that answered: during a swap, a request finishes on the model it began
-        with. Raises Unprocessable/PayloadTooLarge/ServiceUnavailable for the caller to render.
+        self, model: ServedModel, instances: list[Any], *, request_id: str, started: float
+    ) -> Prediction:
+        """Score rows (objects, or lists in signature order) with ``model``: during a swap, a
+        request finishes on the model it began with. Raises Unprocessable/PayloadTooLarge/
+        ServiceUnavailable for the caller to render.
         """
         check_batch_size(instances)
         self._check_row_count(len(instances))
-        model = self._require_model()
         decoded = await self._in_thread_if(
             len(instances) > INLINE_ROWS, model.decode_rows, instances
         )
@@ -108,7 +208,7 @@ class PredictionHandler:
             # validator, which names every problem, then scikit-learn itself, off the event loop.
             prediction, inputs = await self._in_thread(_score, model, build_frame, instances)
         self._record(request_id, started, model, inputs, prediction)
-        return prediction, model
+        return prediction
 
     async def predict_columns(
         self,
@@ -198,6 +298,8 @@ class PredictionHandler:
         manager = self._manager
         model = manager.current
         degraded = manager.degraded
+        state = self._rollout.state()
+        rollout = None if state is None else RolloutState.model_validate(state)
         if model is not None:
             return HealthResponse(
                 status="degraded" if degraded else "ok",
@@ -207,6 +309,7 @@ class PredictionHandler:
                 last_error=manager.last_error,
                 pending_version=manager.pending_version,
                 message=manager.waiting_message,
+                rollout=rollout,
             )
         return HealthResponse(
             status="loading" if manager.last_error is None else "unavailable",

@@ -45,6 +45,8 @@ from inference.validation import build_frame
 log = logging.getLogger(__name__)
 
 _MAX_REMEMBERED_FAILURES = 16
+# Under the cache root, beside the per-model folders: "@" is never in a folder _safe_name makes.
+VARIANTS_DIR = "@variants"
 # Backoff doubles per attempt; past this many doublings it has long reached its cap.
 _MAX_DOUBLINGS = 30
 
@@ -88,6 +90,7 @@ class ModelManager:
         store_retry_max_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[str], None] = lambda _event: None,
+        serve_cached: bool = True,
     ) -> None:
         self.model_name = model_name
         self.alias = alias
@@ -118,7 +121,7 @@ class ModelManager:
         self._waiting: str | None = None
         # The local cache stands in at start only: it is tried once, and never after the
         # registry has had its say (no alias, or a version the store holds that failed).
-        self._cache_allowed = True
+        self._cache_allowed = serve_cached
         self._cache_error: str | None = None
         self._failures: dict[tuple[int, str], _Failure] = {}
         # When the attempt this poll deferred or failed is due again (None: nothing deferred).
@@ -135,13 +138,20 @@ class ModelManager:
         store: ArtifactSource,
         *,
         on_event: Callable[[str], None],
+        variant: str | None = None,
     ) -> ModelManager:
+        """The manager of the instance's alias, or of a rollout's ``variant`` alias: that one
+        keeps its copies apart (pruning one alias's copies must not delete another's) and serves
+        only what the registry confirms, never the local cache."""
         return cls(
             model_name=settings.model_name,
-            alias=settings.model_alias,
+            alias=settings.model_alias if variant is None else variant,
             gateway=gateway,
             store=store,
-            cache_dir=settings.cache_dir,
+            cache_dir=settings.cache_dir
+            if variant is None
+            else settings.cache_dir / VARIANTS_DIR / _safe_name(variant),
+            serve_cached=variant is None,
             verifier=settings.manifest_verifier(),
             poll_interval_s=settings.poll_interval_s,
             loader=functools.partial(load_served_model, fast_path=settings.fast_path),

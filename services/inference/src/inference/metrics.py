@@ -7,17 +7,72 @@ sinks ``prediction_logged`` and ``feedback_stored``, and the app serves its regi
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter as Tally
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inference.manager import ModelManager
+from inference.model import Prediction, ServedModel
 from inference.sink import Outcome
 
 BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_EVENTS = ("swapped", "rejected", "load_failed")
 RECORD_OUTCOMES: tuple[Outcome, ...] = ("written", "dropped")
+MIRROR_OUTCOMES = ("scored", "failed", "dropped", "skipped")
+# Request latency of a variant, in seconds: sub-millisecond answers are the normal case here.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Distinct predicted classes counted per variant; more fall under "other" (a series each).
+MAX_CLASS_SERIES = 50
+
+
+class VariantSeries:
+    """The Prometheus series of one variant (alias) of the served model, children resolved once:
+    a request pays a few increments, not label lookups."""
+
+    __slots__ = ("_classes", "_error", "_latency", "_ok", "_parent", "_rows", "_sum", "alias")
+
+    def __init__(self, alias: str, parent: InferenceMetrics) -> None:
+        self.alias = alias
+        self._parent = parent
+        self._ok = parent.variant_requests.labels(alias, "ok")
+        self._error = parent.variant_requests.labels(alias, "error")
+        self._latency = parent.variant_latency.labels(alias)
+        self._rows = parent.variant_rows.labels(alias)
+        self._sum = parent.variant_prediction_sum.labels(alias)
+        self._classes: dict[Any, Any] = {}
+
+    def served(self, latency_s: float, model: ServedModel, prediction: Prediction) -> None:
+        self._ok.inc()
+        self._latency.observe(latency_s)
+        predictions = prediction.predictions
+        self._rows.inc(len(predictions))
+        if prediction.classes is None:
+            # Regression: the sum, with the rows, gives the mean prediction over any window.
+            total = sum(v for v in predictions if v is not None and v == v)
+            self._sum.inc(total)
+        elif len(predictions) == 1:
+            self._class(predictions[0]).inc()
+        else:
+            for label, count in Tally(predictions).items():
+                self._class(label).inc(count)
+
+    def failed(self) -> None:
+        self._error.inc()
+
+    def retire(self) -> None:
+        """The variant left the rollout: its version is no longer reported."""
+        with contextlib.suppress(KeyError):
+            self._parent.variant_version.remove(self.alias)
+
+    def _class(self, label: Any) -> Any:
+        child = self._classes.get(label)
+        if child is None:
+            name = str(label) if len(self._classes) < MAX_CLASS_SERIES else "other"
+            child = self._classes[label] = self._parent.variant_classes.labels(self.alias, name)
+        return child
 
 
 class HoldsRows(Protocol):
@@ -74,12 +129,82 @@ class InferenceMetrics:
         for outcome in RECORD_OUTCOMES:
             self._logged.labels(outcome)
             self._feedback.labels(outcome)
+        self.variant_requests = Counter(
+            "inference_variant_requests",
+            "Requests per variant (the alias that answered, or the mirror): ok, or error (a "
+            "variant other than champion failed rows champion then answered; or it broke)",
+            ["variant", "outcome"],
+            registry=self.registry,
+        )
+        self.variant_latency = Histogram(
+            "inference_variant_request_duration_seconds",
+            "Time from the route starting to the variant's prediction being ready",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.variant_rows = Counter(
+            "inference_variant_rows",
+            "Rows a variant predicted",
+            ["variant"],
+            registry=self.registry,
+        )
+        self.variant_classes = Counter(
+            "inference_variant_predictions",
+            "Classifiers: rows a variant predicted as each class (the prediction distribution)",
+            ["variant", "prediction"],
+            registry=self.registry,
+        )
+        self.variant_prediction_sum = Gauge(
+            "inference_variant_prediction_sum",
+            "Regressors: the sum of a variant's predictions (over inference_variant_rows_total: "
+            "their mean)",
+            ["variant"],
+            registry=self.registry,
+        )
+        self.variant_version = Gauge(
+            "inference_variant_version",
+            "Version a variant serves (0: not loaded; its share goes to champion)",
+            ["variant"],
+            registry=self.registry,
+        )
+        self._mirror = Counter(
+            "inference_mirror_requests",
+            "Copies of requests for the rollout's mirror: scored (answer logged), failed, "
+            "dropped (its queue was full), skipped (the mirror was not loaded)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for mirrored in MIRROR_OUTCOMES:
+            self._mirror.labels(mirrored)
+        self._guard_trips = Counter(
+            "inference_rollout_guard_trips",
+            "Times this instance's rollout guard tripped on a variant (and asked the gateway to "
+            "abort the rollout)",
+            ["variant"],
+            registry=self.registry,
+        )
         self._writer_exits = Counter(
             "inference_prediction_log_writer_exits",
             "Times the prediction log's writer process ended unexpectedly (its rows counted "
             "dropped; another is started)",
             registry=self.registry,
         )
+
+    def variant(self, alias: str, manager: ModelManager | None = None) -> VariantSeries:
+        """The series of variant ``alias`` (its manager's version reported when given)."""
+        if manager is not None:
+            self.variant_version.labels(alias).set_function(
+                lambda: manager.current.meta.version if manager.current is not None else 0
+            )
+        return VariantSeries(alias, self)
+
+    def mirrored(self, outcome: str) -> None:
+        """One copy for the mirror ended as one of ``MIRROR_OUTCOMES``."""
+        self._mirror.labels(outcome).inc()
+
+    def guard_tripped(self, alias: str) -> None:
+        self._guard_trips.labels(alias).inc()
 
     def prediction_logged(self, outcome: Outcome, rows: int) -> None:
         """Rows the prediction log wrote or dropped (its sink's ``on_outcome``)."""

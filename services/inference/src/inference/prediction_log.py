@@ -12,7 +12,11 @@ column                 type                     value
 ``ts``                 timestamp[us, UTC]       when the prediction was made
 ``model``              string                   registered model name
 ``version``            int64                    its version
-``alias``              string                   the alias it was served as
+``alias``              string                   the alias it was served as: during a
+                                                rollout, the variant that answered (or the
+                                                mirror)
+``mirror``             bool                     true: the rollout's mirror scored a copy of
+                                                the request; its answer was not returned
 ``latency_ms``         float64                  the request's time in the service, from its
                                                 route starting (token checked) to the
                                                 prediction being ready; the same for every
@@ -106,6 +110,7 @@ class _Columns:
         "decoded",
         "frames",
         "latency",
+        "mirror",
         "model",
         "numeric",
         "predictions",
@@ -118,10 +123,16 @@ class _Columns:
     )
 
     def __init__(
-        self, model: ServedModel, day: int, inputs: Inputs, prediction: Prediction
+        self,
+        model: ServedModel,
+        day: int,
+        inputs: Inputs,
+        prediction: Prediction,
+        mirror: bool = False,
     ) -> None:
         self.model = model
         self.day = day
+        self.mirror = mirror
         self.decoded = isinstance(inputs, Decoded)
         self.request_ids: list[str] = []
         self.counts = array("q")
@@ -184,6 +195,7 @@ class _Columns:
             "model": pa.array([meta.name] * total, pa.string()),
             "version": pa.array(np.full(total, meta.version, dtype=np.int64)),
             "alias": pa.array([meta.alias] * total, pa.string()),
+            "mirror": pa.array(np.full(total, self.mirror, dtype=np.bool_)),
             "latency_ms": pa.array(np.repeat(latency, counts)),
         }
         schema = self.model.input_schema
@@ -382,7 +394,7 @@ class PredictionLog:
         self._on_writer_exit = on_writer_exit
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
-        self._open: dict[tuple[int, int, bool], _Columns] = {}
+        self._open: dict[tuple[int, int, bool, bool], _Columns] = {}
         self._last: _Columns | None = None
         self._sealed: list[_Columns] = []
         self._open_rows = 0
@@ -425,8 +437,11 @@ class PredictionLog:
         model: ServedModel,
         inputs: Inputs,
         prediction: Prediction,
+        *,
+        mirror: bool = False,
     ) -> None:
-        """Log one request's rows (``started``: ``time.perf_counter()`` when it began)."""
+        """Log one request's rows (``started``: ``time.perf_counter()`` when it began);
+        ``mirror``: the rollout's mirror scored a copy of the request."""
         rows = len(prediction.predictions)
         latency_ms = (time.perf_counter() - started) * 1000.0
         ts = time.time()
@@ -443,8 +458,9 @@ class PredictionLog:
                     or columns.model is not model
                     or columns.day != day
                     or columns.decoded is not decoded
+                    or columns.mirror is not mirror
                 ):
-                    columns = self._columns(model, day, inputs, prediction)
+                    columns = self._columns(model, day, inputs, prediction, mirror)
                 try:
                     columns.add(request_id, ts, latency_ms, inputs, prediction, rows)
                 except Exception:  # never the request's problem
@@ -462,25 +478,25 @@ class PredictionLog:
             self._wake.set()
 
     def _columns(
-        self, model: ServedModel, day: int, inputs: Inputs, prediction: Prediction
+        self, model: ServedModel, day: int, inputs: Inputs, prediction: Prediction, mirror: bool
     ) -> _Columns:
         """The open columns for these rows (under the lock)."""
         decoded = isinstance(inputs, Decoded)
-        key = (id(model), day, decoded)
+        key = (id(model), day, decoded, mirror)
         columns = self._open.get(key)
         if columns is None:
             # Rows keep their order within a file: a model's rows that switch between the
             # compiled and the general path close the other kind's columns first.
-            other = self._open.pop((id(model), day, not decoded), None)
+            other = self._open.pop((id(model), day, not decoded, mirror), None)
             if other is not None:
                 self._sealed.append(other)
-            columns = self._open[key] = _Columns(model, day, inputs, prediction)
+            columns = self._open[key] = _Columns(model, day, inputs, prediction, mirror)
         self._last = columns
         return columns
 
     def _discard(self, columns: _Columns) -> None:
         """Drop columns a failed ``add`` may have left uneven (under the lock)."""
-        key = (id(columns.model), columns.day, columns.decoded)
+        key = (id(columns.model), columns.day, columns.decoded, columns.mirror)
         if self._open.get(key) is columns:
             del self._open[key]
         if self._last is columns:

@@ -98,6 +98,31 @@ class HealthResponse(BaseModel):
         default=None, description="Version the alias points to that is not (yet) served"
     )
     message: str | None = None
+    rollout: RolloutState | None = Field(
+        default=None, description="The rollout this instance follows; null: none"
+    )
+
+
+class VariantState(BaseModel):
+    alias: str
+    weight: int | None = Field(default=None, description="share of requests, in percent")
+    version: int | None = Field(description="version served; null: not loaded, champion answers")
+    ready: bool
+    requests: int = Field(description="requests it answered or failed in this revision")
+    errors: int = Field(description="of those, requests it failed and champion answered")
+    last_error: str | None = None
+
+
+class RolloutState(BaseModel):
+    revision: int
+    variants: list[VariantState]
+    mirror: VariantState | None
+    sticky_header: str | None
+    guard: dict[str, Any] | None
+    tripped: str | None = Field(
+        description="the guard tripped here (variant: why): every request to champion"
+    )
+    last_error: str | None = Field(description="why the gateway could not be asked, if so")
 
 
 class ModelInfo(BaseModel):

@@ -36,8 +36,9 @@ class InferenceSettings(ServiceSettings):
     model_name: str = Field(min_length=1, description="Registered model to serve")
     model_alias: str = Field(default="champion", min_length=1)
     gateway_url: str = "http://127.0.0.1:8820"
-    # Inference's own token: resolves its alias (models:read) and checks callers' tokens
-    # (tokens:introspect) at the gateway.
+    # Inference's own token: resolves its alias and reads the rollout (models:read), checks
+    # callers' tokens (tokens:introspect) and ends a rollout whose guard trips (rollouts:abort)
+    # at the gateway.
     gateway_token: SecretStr | None = None
     # Off only on purpose (a private benchmark, a mesh doing auth): logs a warning every start.
     auth_enabled: bool = True
@@ -90,6 +91,11 @@ class InferenceSettings(ServiceSettings):
     # Requests allowed to wait for the model; beyond it the service answers 503 + Retry-After
     # instead of queueing without bound.
     max_queued_requests: int = Field(default=256, ge=1)
+    # Follow the model's rollout (canary, A/B, mirror) as the gateway states it. Only an instance
+    # serving champion follows one; an instance pinned to another alias serves that alias only.
+    follow_rollouts: bool = True
+    # Copies of requests waiting for the rollout's mirror; more are dropped (and counted).
+    mirror_max_queued: int = Field(default=1024, ge=1)
     # Alias-move events published by the gateway; unset: polling alone.
     redis_url: str | None = None
     alias_channel: str = "mlops:alias-moves"

@@ -218,6 +218,16 @@ def _score(task: str, predicted: pd.Series, actual: pd.Series) -> float | None:
     return float(np.sqrt(np.mean((pred[ok] - true[ok]) ** 2)))
 
 
+def answered(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows a variant answered. A rollout's mirror scores copies of requests (``mirror``
+    true): they repeat request ids and were never returned, so they are neither traffic nor
+    quality of anything served. Files from before rollouts have no such column."""
+    if rows.empty or "mirror" not in rows.columns:
+        return rows
+    copies = rows["mirror"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    return rows[~copies].reset_index(drop=True)
+
+
 def decide(
     request: MonitorRequest, served: int, found: Drift | None, quality: list[Quality]
 ) -> Decision:
@@ -284,7 +294,7 @@ class Monitor:
         log.info(
             "monitoring %s@%s (v%d), %s to %s", name, request.alias, served.version, start, end
         )
-        rows = self._read_log("predictions", name, start, end, until=end)
+        rows = answered(self._read_log("predictions", name, start, end, until=end))
         notes: list[str] = []
         rows_by_version = (
             {str(k): int(v) for k, v in rows["version"].value_counts().sort_index().items()}

@@ -16,7 +16,7 @@ from mlops_common.errors import NotFound, ServiceUnavailable
 from inference.body_limit import read_body
 from inference.deps import HandlerDep, ServingDep, authorize
 from inference.handlers import PredictionHandler
-from inference.model import ServedModel
+from inference.model import Prediction, ServedModel
 from inference.request_ids import HEADER, request_id
 from inference.v2 import binary
 from inference.v2.codec import decode_inputs, response_outputs, wanted_outputs
@@ -130,7 +130,7 @@ async def server_ready(handler: HandlerDep) -> JSONResponse:
     responses=_NOT_SERVED,
 )
 async def model_metadata(name: str, handler: ServingDep) -> ModelMetadata:
-    return describe(_served(handler, name, None))
+    return describe(_served(handler, name))
 
 
 @router.get(
@@ -142,7 +142,11 @@ async def model_metadata(name: str, handler: ServingDep) -> ModelMetadata:
     responses=_NOT_SERVED,
 )
 async def model_version_metadata(name: str, version: str, handler: ServingDep) -> ModelMetadata:
-    return describe(_served(handler, name, version))
+    _served(handler, name)
+    model = handler.choose(version=version).model
+    if model is None:
+        raise ServiceUnavailable("no model loaded yet (see GET /health)")
+    return describe(model)
 
 
 @router.get(
@@ -206,12 +210,23 @@ async def _infer(
 ) -> Response:
     rid = request_id(request)
     started: float = request.scope.get(_STARTED) or perf_counter()
-    model = _served(handler, name, version)
+    _served(handler, name)
+    variant = handler.choose(request.headers, version=version)
     wanted = wanted_outputs(body.outputs)
-    columns, rows = decode_inputs(body.inputs, model.input_schema)
-    prediction = await handler.predict_columns(
-        model, columns, rows, request_id=rid, started=started
+    decoded: list[tuple[dict[str, list[Any]], int]] = []
+
+    async def score(model: ServedModel) -> Prediction:
+        # Read with the answering model's signature: a variant's may differ.
+        columns, rows = decode_inputs(body.inputs, model.input_schema)
+        decoded.append((columns, rows))
+        return await handler.predict_columns(model, columns, rows, request_id=rid, started=started)
+
+    # A version asked for by number answers itself or fails: no other version stands in.
+    prediction, model = await handler.answer(
+        variant, score, started=started, rescue=version is None
     )
+    columns, rows = decoded[-1]
+    handler.mirror(("columns", columns, rows), rid)
     outputs = response_outputs(prediction, wanted, body.outputs)
     meta = model.meta
     response: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version)}
@@ -233,24 +248,21 @@ async def _infer(
 
 
 # ---- the served model ---------------------------------------------------------------------------
-def _served(handler: PredictionHandler, name: str, version: str | None) -> ServedModel:
+def _served(handler: PredictionHandler, name: str) -> ServedModel:
     model = handler.current
     if model is None:
         raise ServiceUnavailable("no model loaded yet (see GET /health)")
     meta = model.meta
     if name != meta.name:
         raise NotFound(f"no model {name!r}; this server serves {meta.name!r}", field="name")
-    if version is not None and version != str(meta.version):
-        raise NotFound(
-            f"{meta.name} version {version} is not served; version {meta.version} is "
-            f"(alias {meta.alias})",
-            field="version",
-        )
     return model
 
 
 def _ready(handler: PredictionHandler, name: str, version: str | None) -> JSONResponse:
     if handler.current is None:
         return JSONResponse({"name": name, "ready": False}, status_code=503, headers=_RETRY)
-    model = _served(handler, name, version)
+    model = _served(handler, name)
+    if version is not None:
+        # Any variant of a rollout serving that version: it takes traffic now.
+        model = handler.choose(version=version).model or model
     return JSONResponse({"name": model.meta.name, "ready": True})

@@ -7,6 +7,19 @@ champion (`alias`) on the ETL's test split, the same rows for both; `compare` ta
 `promote` moves the alias through the gateway. The job's run and version are tagged with this
 DAG run and the ETL manifest. A failed training or a rejected challenger shows in the UI with its
 reason in the task log.
+
+Canary instead of promotion: `rollout` (default null: move the alias) starts a rollout on the
+gateway when the challenger wins, e.g. `{"weight": 10, "guard": {"max_error_rate": 0.01,
+"max_p99_ms": 50, "min_requests": 500}, "sticky_header": "X-User-Id", "mirror": null}`. `promote`
+points `rollout_alias` (default `challenger`) at the new version, then splits requests: champion
+keeps `100 - weight` percent, `rollout_alias` gets `weight` (an integer, 1 to 99). `guard` (the
+limits the new version must keep or inference aborts the rollout), `sticky_header` (requests with
+the same value of this header land on the same variant) and `mirror` (an alias that gets a copy of
+every request) are optional. A rollout is always against champion, so `alias` must be `champion`
+(the run fails before training otherwise). A model without a champion gets no rollout: the new
+version takes champion, as without `rollout`. `inference_serves` then waits until inference serves
+the new version as one of its variants. Ending the rollout (`POST /v1/models/{name}/rollout/promote`
+or `…/abort` on the gateway) is not this DAG's job.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from mlops_common.names import NEW_MODEL_NAME_PATTERN, SETTABLE_ALIAS_PATTERN
 from mlops_common.promotion import ALL_METRICS
 from mlops_dags.tasks import ETL_PARAMS, TASK_DEFAULTS, extract, split_and_write, validate
 from mlops_dags.training_tasks import (
+    ROLLOUT_PARAMS,
     challenger_wins,
     compare,
     inference_serves,
@@ -42,6 +56,7 @@ PARAMS: dict[str, Any] = {
     "inference_conn_id": Param(
         "inference_api", type="string", description="connection of the inference service to check"
     ),
+    **ROLLOUT_PARAMS,
 }
 
 

@@ -85,3 +85,10 @@ def test_monitor_model_triggers_retraining_only_past_a_threshold(dagbag: Any) ->
     assert dag.get_task("wait_for_monitoring").mode == "reschedule"
     # The retraining run's params are the monitor's conf: train_and_promote must accept them.
     assert {"model_name", "alias", "trigger_reason"} <= set(dagbag.dags["train_and_promote"].params)
+
+
+def test_train_and_promote_moves_the_alias_unless_asked_for_a_rollout(dagbag: Any) -> None:
+    params = dagbag.dags["train_and_promote"].params
+    assert params["rollout"] is None
+    assert params["rollout_alias"] == "challenger"
+    assert params["alias"] == "champion"

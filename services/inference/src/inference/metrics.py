@@ -7,12 +7,19 @@ sinks ``prediction_logged`` and ``feedback_stored``, and the app serves its regi
 
 from __future__ import annotations
 
-import contextlib
+import math
+from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from inference.manager import ModelManager
 from inference.model import Prediction, ServedModel
@@ -26,53 +33,136 @@ MIRROR_OUTCOMES = ("scored", "failed", "dropped", "skipped")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Distinct predicted classes counted per variant; more fall under "other" (a series each).
 MAX_CLASS_SERIES = 50
+OTHER_CLASS = "other"
 
 
 class VariantSeries:
-    """The Prometheus series of one variant (alias) of the served model, children resolved once:
-    a request pays a few increments, not label lookups."""
+    """What one variant (alias) of the served model did, as plain numbers.
 
-    __slots__ = ("_classes", "_error", "_latency", "_ok", "_parent", "_rows", "_sum", "alias")
+    A request adds to a few attributes (no lock, no label lookup: about a microsecond less than
+    prometheus_client's own counters and histogram); ``_VariantCollector`` turns them into
+    Prometheus series when /metrics is scraped. The mirror's thread updates only the mirror's
+    series, the event loop the others.
+    """
 
-    def __init__(self, alias: str, parent: InferenceMetrics) -> None:
+    __slots__ = (
+        "alias",
+        "buckets",
+        "classes",
+        "errors",
+        "latency_sum",
+        "manager",
+        "ok",
+        "prediction_sum",
+        "rows",
+    )
+
+    def __init__(self, alias: str) -> None:
         self.alias = alias
-        self._parent = parent
-        self._ok = parent.variant_requests.labels(alias, "ok")
-        self._error = parent.variant_requests.labels(alias, "error")
-        self._latency = parent.variant_latency.labels(alias)
-        self._rows = parent.variant_rows.labels(alias)
-        self._sum = parent.variant_prediction_sum.labels(alias)
-        self._classes: dict[Any, Any] = {}
+        self.ok = 0
+        self.errors = 0
+        self.rows = 0
+        self.latency_sum = 0.0
+        # Per bucket of LATENCY_BUCKETS, then +Inf; made cumulative when scraped.
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.classes: dict[Any, int] = {}
+        self.prediction_sum = 0.0
+        # Whose version is reported; None once the variant left the rollout.
+        self.manager: ModelManager | None = None
 
     def served(self, latency_s: float, model: ServedModel, prediction: Prediction) -> None:
-        self._ok.inc()
-        self._latency.observe(latency_s)
+        self.ok += 1
+        self.latency_sum += latency_s
+        self.buckets[bisect_left(LATENCY_BUCKETS, latency_s)] += 1
         predictions = prediction.predictions
-        self._rows.inc(len(predictions))
+        self.rows += len(predictions)
         if prediction.classes is None:
             # Regression: the sum, with the rows, gives the mean prediction over any window.
-            total = sum(v for v in predictions if v is not None and v == v)
-            self._sum.inc(total)
-        elif len(predictions) == 1:
-            self._class(predictions[0]).inc()
+            self.prediction_sum += sum(v for v in predictions if v is not None and v == v)
+            return
+        classes = self.classes
+        if len(predictions) == 1:
+            label = predictions[0]
+            if label in classes:
+                classes[label] += 1
+                return
+            counts: Mapping[Any, int] = {label: 1}
         else:
-            for label, count in Tally(predictions).items():
-                self._class(label).inc(count)
+            counts = Tally(predictions)
+        for label, count in counts.items():
+            if label not in classes and len(classes) >= MAX_CLASS_SERIES:
+                label = OTHER_CLASS
+            classes[label] = classes.get(label, 0) + count
 
     def failed(self) -> None:
-        self._error.inc()
+        self.errors += 1
 
     def retire(self) -> None:
         """The variant left the rollout: its version is no longer reported."""
-        with contextlib.suppress(KeyError):
-            self._parent.variant_version.remove(self.alias)
+        self.manager = None
 
-    def _class(self, label: Any) -> Any:
-        child = self._classes.get(label)
-        if child is None:
-            name = str(label) if len(self._classes) < MAX_CLASS_SERIES else "other"
-            child = self._classes[label] = self._parent.variant_classes.labels(self.alias, name)
-        return child
+
+class _VariantCollector:
+    """The variants' series, read from their ``VariantSeries`` at scrape time."""
+
+    def __init__(self, series: Mapping[str, VariantSeries]) -> None:
+        self._series = series
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        series = list(self._series.values())
+        requests = CounterMetricFamily(
+            "inference_variant_requests",
+            "Requests per variant (the alias that answered, or the mirror): ok, or error (a "
+            "variant other than champion failed rows champion then answered; or it broke)",
+            labels=["variant", "outcome"],
+        )
+        latency = HistogramMetricFamily(
+            "inference_variant_request_duration_seconds",
+            "Time from the route starting to the variant's prediction being ready",
+            labels=["variant"],
+        )
+        rows = CounterMetricFamily(
+            "inference_variant_rows", "Rows a variant predicted", labels=["variant"]
+        )
+        classes = CounterMetricFamily(
+            "inference_variant_predictions",
+            "Classifiers: rows a variant predicted as each class (the prediction distribution; "
+            f"past {MAX_CLASS_SERIES} classes, {OTHER_CLASS!r})",
+            labels=["variant", "prediction"],
+        )
+        total = GaugeMetricFamily(
+            "inference_variant_prediction_sum",
+            "Regressors: the sum of a variant's predictions (over inference_variant_rows_total: "
+            "their mean)",
+            labels=["variant"],
+        )
+        version = GaugeMetricFamily(
+            "inference_variant_version",
+            "Version a variant serves (0: not loaded; its share goes to champion)",
+            labels=["variant"],
+        )
+        for one in series:
+            alias = one.alias
+            requests.add_metric([alias, "ok"], one.ok)
+            requests.add_metric([alias, "error"], one.errors)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, math.inf), one.buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+            latency.add_metric([alias], buckets, one.latency_sum)
+            rows.add_metric([alias], one.rows)
+            for label, count in list(one.classes.items()):
+                classes.add_metric([alias, str(label)], count)
+            if one.prediction_sum:
+                total.add_metric([alias], one.prediction_sum)
+            manager = one.manager
+            if manager is not None:
+                current = manager.current
+                version.add_metric([alias], current.meta.version if current is not None else 0)
+        yield from (requests, latency, rows, classes, total, version)
 
 
 class HoldsRows(Protocol):
@@ -129,45 +219,8 @@ class InferenceMetrics:
         for outcome in RECORD_OUTCOMES:
             self._logged.labels(outcome)
             self._feedback.labels(outcome)
-        self.variant_requests = Counter(
-            "inference_variant_requests",
-            "Requests per variant (the alias that answered, or the mirror): ok, or error (a "
-            "variant other than champion failed rows champion then answered; or it broke)",
-            ["variant", "outcome"],
-            registry=self.registry,
-        )
-        self.variant_latency = Histogram(
-            "inference_variant_request_duration_seconds",
-            "Time from the route starting to the variant's prediction being ready",
-            ["variant"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.variant_rows = Counter(
-            "inference_variant_rows",
-            "Rows a variant predicted",
-            ["variant"],
-            registry=self.registry,
-        )
-        self.variant_classes = Counter(
-            "inference_variant_predictions",
-            "Classifiers: rows a variant predicted as each class (the prediction distribution)",
-            ["variant", "prediction"],
-            registry=self.registry,
-        )
-        self.variant_prediction_sum = Gauge(
-            "inference_variant_prediction_sum",
-            "Regressors: the sum of a variant's predictions (over inference_variant_rows_total: "
-            "their mean)",
-            ["variant"],
-            registry=self.registry,
-        )
-        self.variant_version = Gauge(
-            "inference_variant_version",
-            "Version a variant serves (0: not loaded; its share goes to champion)",
-            ["variant"],
-            registry=self.registry,
-        )
+        self._variants: dict[str, VariantSeries] = {}
+        self.registry.register(_VariantCollector(self._variants))
         self._mirror = Counter(
             "inference_mirror_requests",
             "Copies of requests for the rollout's mirror: scored (answer logged), failed, "
@@ -192,12 +245,13 @@ class InferenceMetrics:
         )
 
     def variant(self, alias: str, manager: ModelManager | None = None) -> VariantSeries:
-        """The series of variant ``alias`` (its manager's version reported when given)."""
-        if manager is not None:
-            self.variant_version.labels(alias).set_function(
-                lambda: manager.current.meta.version if manager.current is not None else 0
-            )
-        return VariantSeries(alias, self)
+        """The series of variant ``alias``, kept across rollouts (counters never go back),
+        reporting the version ``manager`` serves."""
+        series = self._variants.get(alias)
+        if series is None:
+            series = self._variants[alias] = VariantSeries(alias)
+        series.manager = manager
+        return series
 
     def mirrored(self, outcome: str) -> None:
         """One copy for the mirror ended as one of ``MIRROR_OUTCOMES``."""

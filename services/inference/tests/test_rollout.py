@@ -213,6 +213,20 @@ async def test_the_mirror_scores_a_copy_of_every_request_and_changes_no_answer(
     assert sample(svc, "inference_variant_requests_total", variant="shadow", outcome="ok") == 40
 
 
+async def test_mirror_copies_past_the_queue_bound_are_dropped_and_counted(
+    service: Any, two_versions: Any
+) -> None:
+    two_versions.set_alias("churn", 2, "shadow")
+    body = {"instances": [ROW] * 20}  # about 2 KiB: more than the bound
+    async with service(prediction_log_enabled=False, mirror_max_queued_bytes=1024) as svc:
+        await svc.manager.poll_once()
+        await follow(svc, two_versions, {"champion": 100}, mirror="shadow")
+        responses = [await svc.post_json("/predict", body) for _ in range(5)]
+    assert {r.status_code for r in responses} == {200}
+    assert sample(svc, "inference_mirror_requests_total", outcome="dropped") == 5
+    assert sample(svc, "inference_mirror_requests_total", outcome="scored") == 0
+
+
 async def test_v2_follows_the_rollout_and_a_version_asked_for_answers_itself(
     service: Any, two_versions: Any
 ) -> None:

@@ -245,6 +245,7 @@ def create_app(
                 prediction_log=prediction_log,
                 poll_interval_s=settings.poll_interval_s,
                 mirror_queue=settings.mirror_max_queued,
+                mirror_queue_bytes=settings.mirror_max_queued_bytes,
                 on_mirror=metrics.mirrored,
                 on_guard_trip=metrics.guard_tripped,
                 follow=manager is None and _follows_rollouts(settings),

@@ -184,6 +184,7 @@ class Rollout:
         prediction_log: PredictionLog | None,
         poll_interval_s: float = 2.0,
         mirror_queue: int = 1024,
+        mirror_queue_bytes: int = 64 * 1024 * 1024,
         on_mirror: Callable[[str], None] = lambda _outcome: None,
         on_guard_trip: Callable[[str], None] = lambda _alias: None,
         follow: bool = True,
@@ -204,7 +205,7 @@ class Rollout:
         self.tripped: str | None = None
         self._abort_pending: tuple[str, dict[str, float]] | None = None
         self._gateway_error: str | None = None
-        self._mirror = _MirrorThread(prediction_log, mirror_queue, on_mirror)
+        self._mirror = _MirrorThread(prediction_log, mirror_queue, on_mirror, mirror_queue_bytes)
         self._on_guard_trip = on_guard_trip
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -477,11 +478,15 @@ class _MirrorThread:
         prediction_log: PredictionLog | None,
         max_queued: int,
         on_outcome: Callable[[str], None],
+        max_queued_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._log = prediction_log
         self._max_queued = max_queued
+        # Bodies are kept until scored: bounded in bytes too, or large ones could fill memory.
+        self._max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
         self._on_outcome = on_outcome
-        self._queue: deque[tuple[Variant, MirrorInput, str]] = deque()
+        self._queue: deque[tuple[Variant, MirrorInput, str, int]] = deque()
         self._ready = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="mirror", daemon=True)
@@ -497,11 +502,16 @@ class _MirrorThread:
             self._thread.join(timeout=5)
 
     def offer(self, variant: Variant, payload: MirrorInput, request_id: str) -> None:
-        if len(self._queue) >= self._max_queued:
+        size = len(payload[1]) if payload[0] == "json" else payload[2] * len(payload[1]) * 16
+        if (
+            len(self._queue) >= self._max_queued
+            or self._queued_bytes + size > self._max_queued_bytes
+        ):
             self._on_outcome("dropped")
             return
         with self._ready:
-            self._queue.append((variant, payload, request_id))
+            self._queue.append((variant, payload, request_id, size))
+            self._queued_bytes += size
             self._ready.notify()
 
     def _run(self) -> None:
@@ -515,8 +525,12 @@ class _MirrorThread:
                     for _ in range(dropped):
                         self._on_outcome("dropped")
                     return
-                variant, payload, request_id = self._queue.popleft()
+                variant, payload, request_id, size = self._queue.popleft()
+                self._queued_bytes -= size
             self._score(variant, payload, request_id)
+            # Hand the GIL to the event loop between copies: a backlog scored back to back would
+            # otherwise keep requests waiting for up to the interpreter's switch interval (5 ms).
+            time.sleep(0)
 
     def _score(self, variant: Variant, payload: MirrorInput, request_id: str) -> None:
         model = variant.manager.current

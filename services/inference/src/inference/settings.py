@@ -96,6 +96,7 @@ class InferenceSettings(ServiceSettings):
     follow_rollouts: bool = True
     # Copies of requests waiting for the rollout's mirror; more are dropped (and counted).
     mirror_max_queued: int = Field(default=1024, ge=1)
+    mirror_max_queued_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Alias-move events published by the gateway; unset: polling alone.
     redis_url: str | None = None
     alias_channel: str = "mlops:alias-moves"

@@ -82,12 +82,19 @@ PROFILES: dict[str, list[Cell]] = {
     # What the prediction log costs (issue 14): run with --servers inference,inference-nolog
     # and --inference-env INFERENCE_PREDICTION_LOG_ENABLED=true (the log ships off).
     "predlog": [("lr", 1, 8), ("lr", 1, 64), ("lr", 100, 8)],
+    # What following a rollout costs (issue 15): run with --servers inference,inference-norollout
+    # and --rollout 10.
+    "rollout": [("lr", 1, 8), ("lr", 1, 64)],
 }
 # Second inference processes that differ from ``inference`` by one setting: a feature's cost.
 INFERENCE_VARIANTS: dict[str, dict[str, str]] = {
     "inference-noauth": {"INFERENCE_AUTH_ENABLED": "false"},
     "inference-nolog": {"INFERENCE_PREDICTION_LOG_ENABLED": "false"},
+    "inference-norollout": {"INFERENCE_FOLLOW_ROLLOUTS": "false"},
 }
+# The alias a --rollout sends its share to: the champion's own version, so that every answer
+# still matches the registered model while the whole split path runs.
+CANARY_ALIAS = "bench-canary"
 ALL_SERVERS = (
     "inference",
     "inference-v2",
@@ -137,7 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="issue",
         help="issue: LR 1 and 100 rows at 8 conns + RF 1 row at 64 (issue 4's table, ~8 min); "
         "full: lr, rf, mixed x 1|100 rows x 8|64 conns (~27 min; ~34 with inference-v2); "
-        "auth, predlog: with --servers inference,inference-noauth|nolog, a feature's cost",
+        "auth, predlog, rollout: with --servers inference,inference-noauth|nolog|norollout, a "
+        "feature's cost",
     )
     grid.add_argument("--models", type=_csv(str), help="grid instead of a profile: lr,rf,mixed")
     grid.add_argument("--rows", type=_csv(int), help="grid: rows per request (default 1,100)")
@@ -178,6 +186,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run this platform's inference from the code at this commit (git archive of "
         "services/inference/src and libs/common/src, first on PYTHONPATH) instead of the working "
         "tree: pins one version for a long run, or measures an older one (before/after)",
+    )
+    srv.add_argument(
+        "--rollout",
+        type=int,
+        metavar="PERCENT",
+        help="during the run, a rollout of each model at the gateway: champion 100-PERCENT, "
+        f"{CANARY_ALIAS} PERCENT (an alias set to the champion's version); ended at the end",
     )
     srv.add_argument(
         "--mlserver-parallel-workers",
@@ -235,6 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [s for s in args.servers if s not in ALL_SERVERS]
     if bad:
         parser.error(f"unknown server(s) {bad}; choose from {', '.join(ALL_SERVERS)}")
+    if args.rollout is not None and not 0 < args.rollout < 100:
+        parser.error("--rollout must be between 1 and 99")
     if args.rounds < 1 or args.duration <= 0:
         parser.error("--rounds must be >= 1 and --duration > 0")
     return args
@@ -428,6 +445,57 @@ def start_servers(
     return sorted(servers, key=lambda s: order[s.key])
 
 
+def start_rollout(env: dict[str, str], model: RegisteredModel, percent: int) -> None:
+    """Point the canary alias at the champion's version and split ``percent`` to it."""
+    base = f"{env['GATEWAY_URL']}/v1/models/{model.name}"
+    headers = auth_headers(env)
+    moved = httpx.put(
+        f"{base}/aliases/{CANARY_ALIAS}",
+        json={"version": int(model.version), "reason": "inference benchmark"},
+        headers=headers,
+        timeout=30,
+    )
+    if moved.status_code != 200:
+        raise BenchError(f"gateway: moving {CANARY_ALIAS}: {moved.status_code} {moved.text}")
+    body = {
+        "variants": [
+            {"alias": "champion", "weight": 100 - percent},
+            {"alias": CANARY_ALIAS, "weight": percent},
+        ],
+        "reason": "inference benchmark",
+    }
+    started = httpx.put(f"{base}/rollout", json=body, headers=headers, timeout=30)
+    if started.status_code != 200:
+        raise BenchError(f"gateway: starting the rollout: {started.status_code} {started.text}")
+    log(f"rollout of {model.name}: champion {100 - percent}%, {CANARY_ALIAS} {percent}%")
+
+
+def end_rollout(env: dict[str, str], model: RegisteredModel) -> None:
+    url = f"{env['GATEWAY_URL']}/v1/models/{model.name}/rollout"
+    response = httpx.delete(url, headers=auth_headers(env), timeout=30)
+    log(f"rollout of {model.name} ended ({response.status_code})")
+
+
+def wait_for_rollout(servers: list[Server], timeout_s: float = 60) -> dict[str, Any]:
+    """Every inference server that follows rollouts serves every variant before load starts."""
+    states: dict[str, Any] = {}
+    for server in servers:
+        if not server.key.startswith("inference") or server.key == "inference-norollout":
+            continue
+        health_url = f"http://127.0.0.1:{server.details['port']}/health"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rollout = httpx.get(health_url, timeout=5).json().get("rollout")
+            if rollout and all(v["ready"] for v in rollout["variants"]):
+                states[server.label] = rollout
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{server.label} does not serve the rollout: {rollout}")
+            time.sleep(0.2)
+    log("rollout served by " + ", ".join(states))
+    return states
+
+
 def bench_model(
     args: argparse.Namespace,
     model: RegisteredModel,
@@ -459,6 +527,8 @@ def bench_model(
             f"model {model.name}: all {len(servers)} servers agree with the registered model "
             f"(requests of {', '.join(map(str, row_counts))} rows)"
         )
+        if args.rollout is not None:
+            checks[model.name]["rollout"] = wait_for_rollout(servers)
         if args.warmup > 0:
             conns = max(c for _, _, c in cells)
             for server in servers:
@@ -735,11 +805,17 @@ def main(argv: list[str] | None = None) -> int:
     checks: dict[str, Any] = {}
     ok = False
     try:
+        if args.rollout is not None:
+            for model in models.values():
+                start_rollout(env, model, args.rollout)
         for key in model_keys:
             cells = [c for c in args.cells if c[0] == key]
             bench_model(args, models[key], cells, env, workdir, wrk, lua, runs, checks)
         ok = True
     finally:
+        if args.rollout is not None:
+            for model in models.values():
+                end_rollout(env, model)
         if own_workdir and ok and not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         elif not ok:

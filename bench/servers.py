@@ -180,6 +180,7 @@ SERVER_LABELS = {
     "inference-v2": "this platform's inference, V2 API",
     "inference-noauth": "this platform's inference, token check off",
     "inference-nolog": "this platform's inference, prediction log off",
+    "inference-norollout": "this platform's inference, rollouts not followed",
     "mlflow": "mlflow models serve",
     "mlserver": "MLServer (mlflow runtime)",
     "mlserver-batching": "MLServer + adaptive batching",
@@ -249,10 +250,10 @@ def launch_inference(
     """This platform's inference service (its console script), serving ``model@champion``.
 
     ``keys``: ``inference`` (``POST /predict``) and/or ``inference-v2`` (its Open Inference
-    Protocol endpoint), both answered by the one process; ``inference-noauth`` and
-    ``inference-nolog`` are ``/predict`` of a second process started with
-    ``INFERENCE_AUTH_ENABLED=false`` or ``INFERENCE_PREDICTION_LOG_ENABLED=false``
-    (``instance`` names it).
+    Protocol endpoint), both answered by the one process; ``inference-noauth``,
+    ``inference-nolog`` and ``inference-norollout`` are ``/predict`` of a second process started
+    with ``INFERENCE_AUTH_ENABLED=false``, ``INFERENCE_PREDICTION_LOG_ENABLED=false`` or
+    ``INFERENCE_FOLLOW_ROLLOUTS=false`` (``instance`` names it).
     """
     port = free_port()
     suffix = f"{model.key}{instance}"
@@ -282,6 +283,7 @@ def launch_inference(
         "inference": f"{base}/predict",
         "inference-noauth": f"{base}/predict",
         "inference-nolog": f"{base}/predict",
+        "inference-norollout": f"{base}/predict",
         "inference-v2": f"{base}/v2/models/{model.name}/infer",
     }
     servers = [

@@ -1,0 +1,1 @@
+../../../../infra/compose/initdb/01-databases.sql

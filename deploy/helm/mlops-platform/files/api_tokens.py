@@ -1,0 +1,1 @@
+../../../../infra/compose/bootstrap/api_tokens.py

@@ -1,0 +1,1 @@
+../../../../infra/compose/bootstrap/mlflow_users.py

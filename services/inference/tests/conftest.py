@@ -636,7 +636,7 @@ def service(
                 **({"loader": loader} if loader is not None else {}),
                 clock=clock,
                 on_event=metrics.model_event,
-                serve_cached=not variant,
+                variant=variant,
             )
 
         manager = make_manager(settings.model_alias, variant=False)

@@ -90,7 +90,7 @@ class ModelManager:
         store_retry_max_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[str], None] = lambda _event: None,
-        serve_cached: bool = True,
+        variant: bool = False,
     ) -> None:
         self.model_name = model_name
         self.alias = alias
@@ -121,7 +121,10 @@ class ModelManager:
         self._waiting: str | None = None
         # The local cache stands in at start only: it is tried once, and never after the
         # registry has had its say (no alias, or a version the store holds that failed).
-        self._cache_allowed = serve_cached
+        # A rollout's variant: never served from the cache unconfirmed, and champion answers
+        # while it serves nothing.
+        self._variant = variant
+        self._cache_allowed = not variant
         self._cache_error: str | None = None
         self._failures: dict[tuple[int, str], _Failure] = {}
         # When the attempt this poll deferred or failed is due again (None: nothing deferred).
@@ -151,7 +154,7 @@ class ModelManager:
             cache_dir=settings.cache_dir
             if variant is None
             else settings.cache_dir / VARIANTS_DIR / _safe_name(variant),
-            serve_cached=variant is None,
+            variant=variant is not None,
             verifier=settings.manifest_verifier(),
             poll_interval_s=settings.poll_interval_s,
             loader=functools.partial(load_served_model, fast_path=settings.fast_path),
@@ -384,7 +387,7 @@ class ModelManager:
             self._load_error = problem
         current = self._current
         if current is None:
-            serving = "no model is served"
+            serving = "its share goes to champion" if self._variant else "no model is served"
         else:
             cached = " from the local cache" if self._source == "cache" else ""
             serving = f"still serving version {current.meta.version}{cached}"

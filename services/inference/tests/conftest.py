@@ -537,6 +537,16 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+# The churn models' inputs as V2 tensors: name and datatype, in signature order.
+CHURN_V2_INPUTS = (
+    ("age", "FP64"),
+    ("income", "FP64"),
+    ("visits", "INT64"),
+    ("city", "BYTES"),
+    ("plan", "BYTES"),
+    ("member", "BOOL"),
+)
+
 CALLER_TOKEN = "mlops_" + "c" * 43
 CALLER = {"Authorization": f"Bearer {CALLER_TOKEN}"}
 

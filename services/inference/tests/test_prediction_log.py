@@ -25,7 +25,7 @@ from inference.sink import Batch, RecordSink, SinkConfig
 from mlops_common.settings import S3Settings
 from pydantic import SecretStr
 
-from .conftest import FakeS3, RecordingStore
+from .conftest import CHURN_V2_INPUTS, FakeS3, RecordingStore
 
 pytestmark = pytest.mark.anyio
 
@@ -141,14 +141,7 @@ async def test_v2_inference_is_logged_under_the_header_request_id(
     rows = to_rows(frame)
     inputs = [
         {"name": name, "datatype": kind, "shape": [2], "data": [row[name] for row in rows]}
-        for name, kind in (
-            ("age", "FP64"),
-            ("income", "FP64"),
-            ("visits", "INT64"),
-            ("city", "BYTES"),
-            ("plan", "BYTES"),
-            ("member", "BOOL"),
-        )
+        for name, kind in CHURN_V2_INPUTS
     ]
     gateway.set_alias("churn", 1)
     async with service() as svc:

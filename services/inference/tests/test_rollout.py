@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from inference.rollout import Plan
 
+from .conftest import CHURN_V2_INPUTS
+
 pytestmark = pytest.mark.anyio
 
 ROW = {"age": 30.0, "income": 42000.0, "visits": 3, "city": "lyon", "plan": "pro", "member": True}
@@ -233,14 +235,7 @@ async def test_v2_follows_the_rollout_and_a_version_asked_for_answers_itself(
     body = {
         "inputs": [
             {"name": name, "shape": [1], "datatype": kind, "data": [ROW[name]]}
-            for name, kind in (
-                ("age", "FP64"),
-                ("income", "FP64"),
-                ("visits", "INT64"),
-                ("city", "BYTES"),
-                ("plan", "BYTES"),
-                ("member", "BOOL"),
-            )
+            for name, kind in CHURN_V2_INPUTS
         ]
     }
     async with service(prediction_log_enabled=False) as svc:

@@ -73,11 +73,7 @@ class GatewayClient:
         if response.status_code == 404:
             return AliasMissing(_error_message(response))
         if response.status_code != 200:
-            raise GatewayError(
-                f"gateway answered {response.status_code} for {path}: {_error_message(response)}",
-                unavailable=response.status_code >= 500,
-                dependency=_upstream(response) or "gateway",
-            )
+            raise _refused(response, path)
         try:
             return ModelVersion.model_validate_json(response.content)
         except ValidationError as exc:
@@ -93,11 +89,7 @@ class GatewayClient:
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise GatewayError(
-                f"gateway answered {response.status_code} for {path}: {_error_message(response)}",
-                unavailable=response.status_code >= 500,
-                dependency=_upstream(response) or "gateway",
-            )
+            raise _refused(response, path)
         try:
             body = response.json()
         except ValueError as exc:
@@ -112,10 +104,7 @@ class GatewayClient:
         path = f"/v1/models/{quote(name, safe='')}/rollout/abort"
         response = await self._bounded("post", path, json={"reason": reason, "figures": figures})
         if response.status_code not in (200, 404):
-            raise GatewayError(
-                f"gateway answered {response.status_code} for {path}: {_error_message(response)}",
-                unavailable=response.status_code >= 500,
-            )
+            raise _refused(response, path)
 
     async def _bounded(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request within the resolve deadline: a gateway that accepts connections but
@@ -163,6 +152,16 @@ class GatewayClient:
             except httpx.HTTPError as exc:
                 raise _unreachable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _refused(response: httpx.Response, path: str) -> GatewayError:
+    """An answer other than the one expected: unavailable when a 5xx, naming what the gateway
+    blamed."""
+    return GatewayError(
+        f"gateway answered {response.status_code} for {path}: {_error_message(response)}",
+        unavailable=response.status_code >= 500,
+        dependency=_upstream(response) or "gateway",
+    )
 
 
 def _unreachable(exc: Exception) -> ServiceUnavailable:

@@ -168,3 +168,12 @@ def test_queued_jobs_are_sent_again_when_the_api_starts(
     app = create_app(settings, engine=engine, queue=queue, objects=object(), run_migrations=False)  # type: ignore[arg-type]
     with TestClient(app):
         assert queue.wait_until(lambda s: sorted(s) == sorted([waiting.id, sent.id]))
+
+
+def test_a_job_names_the_worker_that_claimed_it(client: TestClient, store: JobStore) -> None:
+    job_id = client.post("/v1/train", json=IRIS).json()["job_id"]
+    assert client.get(f"/v1/jobs/{job_id}").json()["worker"] is None
+    worker = "trainer@node-2/7.abc123/9"
+    assert store.claim(job_id, worker) is not None
+    view = client.get(f"/v1/jobs/{job_id}").json()
+    assert (view["status"], view["worker"], view["attempts"]) == ("running", worker, 1)

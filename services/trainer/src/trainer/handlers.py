@@ -36,6 +36,7 @@ def job_view(job: Job) -> JobView:
         status=cast(JobStatus, job.status),
         model_name=job.model_name,
         attempts=job.attempts,
+        worker=job.worker,
         run_id=job.run_id,
         model_version=job.model_version,
         task=job.task,

@@ -305,6 +305,11 @@ class JobView(BaseModel):
     status: JobStatus
     model_name: str
     attempts: int
+    worker: str | None = Field(
+        default=None,
+        description="the worker process that ran (or runs) the latest attempt: "
+        "trainer@<host>/<worker pid>.<incarnation>/<pid>; null until one claims the job",
+    )
     run_id: str | None = None
     model_version: int | None = None
     task: str | None = None

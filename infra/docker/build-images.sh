@@ -11,6 +11,7 @@
 # Usage: infra/docker/build-images.sh [--all | --local] [NAME...]
 #   (nothing)  the images of compose.yaml: trainer model-gateway inference mlflow airflow
 #   --all      also the stand-ins of compose.local.yaml (postgres-local valkey-local seaweedfs-local)
+#              and compose.scale.local.yaml (haproxy-local)
 #   --local    only those stand-ins
 #   NAME       only these images (the last part of the image name, e.g. trainer or valkey-local)
 # Environment:
@@ -59,10 +60,12 @@ done
 config_json() {  # the compose model of compose.yaml [+ compose.local.yaml], not interpolated
     "${compose[@]}" "$@" config --no-interpolate --format json
 }
-# With --all or --local, the stand-ins too: compose.local.yaml replaces third-party services.
+# With --all or --local, the stand-ins too: compose.local.yaml replaces third-party services, and
+# compose.scale.local.yaml the proxy that compose.scale.yaml adds.
 default_config=$(config_json "${files[@]}")
 if [ "$select" != default ]; then
-    files+=(-f infra/compose/compose.local.yaml)
+    files+=(-f infra/compose/compose.local.yaml -f infra/compose/compose.scale.yaml
+        -f infra/compose/compose.scale.local.yaml)
 fi
 config=$(config_json "${files[@]}")
 

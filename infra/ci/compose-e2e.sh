@@ -18,6 +18,10 @@
 # without any (anonymous clients must be refused). The stack is always torn down
 # (`down -v --remove-orphans`), also when a test fails or the script is interrupted. A Docker
 # engine this script started is stopped again (its data root, with the cached images, stays).
+# Then the same stack is scaled out in place (compose.scale.yaml: HAProxy in front of inference
+# replicas, several trainer workers) and tests/e2e/test_scale_out.py runs against it
+# (COMPOSE_E2E_SCALE=0 skips this; COMPOSE_E2E_INFERENCE_REPLICAS, COMPOSE_E2E_TRAINER_WORKERS:
+# how many, 2 and 3). COMPOSE_E2E_PYTEST_ARGS: the first run's pytest arguments (tests/e2e).
 # Prints a timed line per phase; exits with pytest's status (no tests collected counts as failure).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -241,17 +245,52 @@ export E2E_COMPOSE
 # it must listen where the Airflow worker container can reach it, and the connection must name
 # the host as containers see it (compose.yaml maps host.docker.internal on the Airflow worker).
 export INFERENCE_HOST=0.0.0.0 E2E_HOST_FROM_STACK=host.docker.internal
-set +e
-uv run --frozen pytest tests/e2e -q -p no:cacheprovider
-status=$?
-set -e
-if [ "$status" -ne 0 ]; then
-    mkdir -p "$LOG_DIR"
-    "${COMPOSE[@]}" logs --no-color --timestamps >"$LOG_DIR/compose.log" 2>&1 || true
-    echo "compose logs of the failed run: $LOG_DIR/compose.log"
-fi
-if [ "$status" -eq 5 ]; then
-    echo "pytest collected no tests: that is a failure here" >&2
-    status=1
+run_tests() {  # pytest ARGS...; its status, no tests collected counting as failure
+    local status
+    set +e
+    uv run --frozen pytest -q -p no:cacheprovider "$@"
+    status=$?
+    set -e
+    if [ "$status" -ne 0 ]; then
+        mkdir -p "$LOG_DIR"
+        "${COMPOSE[@]}" logs --no-color --timestamps >"$LOG_DIR/compose.log" 2>&1 || true
+        echo "compose logs of the failed run: $LOG_DIR/compose.log"
+    fi
+    if [ "$status" -eq 5 ]; then
+        echo "pytest collected no tests: that is a failure here" >&2
+        status=1
+    fi
+    return "$status"
+}
+# shellcheck disable=SC2086  # a list of pytest arguments on purpose
+run_tests ${COMPOSE_E2E_PYTEST_ARGS:-tests/e2e} && status=0 || status=$?
+
+# ---- scaled out -----------------------------------------------------------------------------------
+# The same stack, changed in place by compose.scale.yaml: HAProxy in front of INFERENCE_REPLICAS
+# inference replicas, TRAINER_WORKERS trainer workers (docs/deploy.md). Its tests
+# (tests/e2e/test_scale_out.py) are skipped in the run above.
+if [ "${COMPOSE_E2E_SCALE:-1}" = 1 ]; then
+    phase "scale out: compose.scale.yaml up --wait"
+    inference_replicas=${COMPOSE_E2E_INFERENCE_REPLICAS:-2}
+    trainer_workers=${COMPOSE_E2E_TRAINER_WORKERS:-3}
+    COMPOSE+=(-f infra/compose/compose.scale.yaml)
+    [ "$MODE" != local ] || COMPOSE+=(-f infra/compose/compose.scale.local.yaml)
+    "${COMPOSE[@]}" config -q
+    if ! "${COMPOSE[@]}" up -d --wait --wait-timeout "$WAIT_TIMEOUT" --quiet-pull \
+        --scale "inference=$inference_replicas" --scale "trainer-worker=$trainer_workers"; then
+        echo "the scaled-out stack did not become healthy:" >&2
+        "${COMPOSE[@]}" ps -a >&2 || true
+        mkdir -p "$LOG_DIR"
+        "${COMPOSE[@]}" logs --no-color --timestamps >"$LOG_DIR/compose.log" 2>&1 || true
+        echo "full logs: $LOG_DIR/compose.log" >&2
+        exit 1
+    fi
+    "${COMPOSE[@]}" ps --format 'table {{.Name}}\t{{.Status}}\t{{.Ports}}'
+    phase "e2e tests (tests/e2e/test_scale_out.py against the scaled-out stack)"
+    printf -v E2E_COMPOSE '%q ' "${COMPOSE[@]}"
+    export E2E_COMPOSE E2E_SCALE_OUT=1
+    export E2E_INFERENCE_REPLICAS=$inference_replicas E2E_TRAINER_WORKERS=$trainer_workers
+    run_tests tests/e2e/test_scale_out.py -rA && scale_status=0 || scale_status=$?
+    [ "$status" -ne 0 ] || status=$scale_status
 fi
 exit "$status"

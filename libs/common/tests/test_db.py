@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from mlops_common.db import make_engine
+from mlops_common.db import make_engine, migration_lock_key
 from mlops_common.errors import install_error_handlers, is_database_outage
 from sqlalchemy import text
 from sqlalchemy.exc import (
@@ -149,3 +149,12 @@ def test_a_database_that_never_answers_fails_the_connection_in_bounded_time(
     took = time.monotonic() - began
     assert took < 5.0, f"connecting took {took:.1f} s"
     assert is_database_outage(raised.value)
+
+
+def test_each_service_has_its_own_migration_lock() -> None:
+    trainer, gateway = (
+        migration_lock_key(t) for t in ("alembic_version_trainer", "alembic_version_gateway")
+    )
+    assert trainer != gateway
+    assert migration_lock_key("alembic_version_trainer") == trainer  # the same in every process
+    assert all(-(2**63) <= key < 2**63 for key in (trainer, gateway))  # PostgreSQL's bigint

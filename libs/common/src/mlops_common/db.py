@@ -9,13 +9,14 @@ down, calls fail fast with an error ``mlops_common.errors.is_database_outage`` r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, MetaData, create_engine, make_url
+from sqlalchemy import Engine, MetaData, create_engine, make_url, text
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,12 @@ def libpq_timeouts(connect_timeout_s: int) -> dict[str, int]:
 
 
 def migrate(url: str, migrations_dir: Path, version_table: str) -> None:
-    """Upgrade to head. Each service keeps its own version table in the shared database."""
+    """Upgrade to head. Each service keeps its own version table in the shared database.
+
+    Safe to call from several processes at once (replicas starting together): on PostgreSQL one
+    of them migrates while the others wait, then find the schema at head. Alembic's context is
+    process-global, so threads of one process must not call it concurrently.
+    """
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
     cfg.attributes["sqlalchemy_url"] = url
@@ -89,5 +95,19 @@ def run_migrations_online(target_metadata: MetaData) -> None:
             version_table=cfg.attributes["version_table"],
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Held until this transaction ends; taken before alembic reads the version table,
+                # so a replica that waited sees what the first one did.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": migration_lock_key(cfg.attributes["version_table"])},
+                )
             context.run_migrations()
     engine.dispose()
+
+
+def migration_lock_key(version_table: str) -> int:
+    """The advisory lock of one service's migrations: a signed 64-bit key from its version
+    table's name, so services sharing a database do not wait for each other."""
+    digest = hashlib.blake2b(f"mlops-migrations:{version_table}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

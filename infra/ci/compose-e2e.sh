@@ -18,10 +18,11 @@
 # without any (anonymous clients must be refused). The stack is always torn down
 # (`down -v --remove-orphans`), also when a test fails or the script is interrupted. A Docker
 # engine this script started is stopped again (its data root, with the cached images, stays).
-# Then the same stack is scaled out in place (compose.scale.yaml: HAProxy in front of inference
-# replicas, several trainer workers) and tests/e2e/test_scale_out.py runs against it
-# (COMPOSE_E2E_SCALE=0 skips this; COMPOSE_E2E_INFERENCE_REPLICAS, COMPOSE_E2E_TRAINER_WORKERS:
-# how many, 2 and 3). COMPOSE_E2E_PYTEST_ARGS: the first run's pytest arguments (tests/e2e).
+# Then the same stack is scaled out in place (compose.scale.yaml: HAProxy in front of replicas of
+# inference, the trainer API and the gateway; several trainer workers) and
+# tests/e2e/test_scale_out.py runs against it (COMPOSE_E2E_SCALE=0 skips this;
+# COMPOSE_E2E_INFERENCE_REPLICAS, COMPOSE_E2E_TRAINER_WORKERS, COMPOSE_E2E_API_REPLICAS: how many,
+# 2, 3 and 2). COMPOSE_E2E_PYTEST_ARGS: the first run's pytest arguments (tests/e2e).
 # Prints a timed line per phase; exits with pytest's status (no tests collected counts as failure).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -266,18 +267,23 @@ run_tests() {  # pytest ARGS...; its status, no tests collected counting as fail
 run_tests ${COMPOSE_E2E_PYTEST_ARGS:-tests/e2e} && status=0 || status=$?
 
 # ---- scaled out -----------------------------------------------------------------------------------
-# The same stack, changed in place by compose.scale.yaml: HAProxy in front of INFERENCE_REPLICAS
-# inference replicas, TRAINER_WORKERS trainer workers (docs/deploy.md). Its tests
+# The same stack, changed in place by compose.scale.yaml: HAProxy in front of replicas of inference,
+# the trainer API and the gateway, and several trainer workers (docs/deploy.md). Its tests
 # (tests/e2e/test_scale_out.py) are skipped in the run above.
 if [ "${COMPOSE_E2E_SCALE:-1}" = 1 ]; then
     phase "scale out: compose.scale.yaml up --wait"
     inference_replicas=${COMPOSE_E2E_INFERENCE_REPLICAS:-2}
     trainer_workers=${COMPOSE_E2E_TRAINER_WORKERS:-3}
+    api_replicas=${COMPOSE_E2E_API_REPLICAS:-2}  # the trainer API and the gateway
     COMPOSE+=(-f infra/compose/compose.scale.yaml)
     [ "$MODE" != local ] || COMPOSE+=(-f infra/compose/compose.scale.local.yaml)
     "${COMPOSE[@]}" config -q
+    # The proxy's configuration with the proxy's own binary, before it could restart in a loop.
+    "${COMPOSE[@]}" run --rm --no-deps --entrypoint haproxy proxy \
+        -c -f /usr/local/etc/haproxy/haproxy.cfg
     if ! "${COMPOSE[@]}" up -d --wait --wait-timeout "$WAIT_TIMEOUT" --quiet-pull \
-        --scale "inference=$inference_replicas" --scale "trainer-worker=$trainer_workers"; then
+        --scale "inference=$inference_replicas" --scale "trainer-worker=$trainer_workers" \
+        --scale "trainer=$api_replicas" --scale "model-gateway=$api_replicas"; then
         echo "the scaled-out stack did not become healthy:" >&2
         "${COMPOSE[@]}" ps -a >&2 || true
         mkdir -p "$LOG_DIR"
@@ -290,6 +296,7 @@ if [ "${COMPOSE_E2E_SCALE:-1}" = 1 ]; then
     printf -v E2E_COMPOSE '%q ' "${COMPOSE[@]}"
     export E2E_COMPOSE E2E_SCALE_OUT=1
     export E2E_INFERENCE_REPLICAS=$inference_replicas E2E_TRAINER_WORKERS=$trainer_workers
+    export E2E_API_REPLICAS=$api_replicas
     run_tests tests/e2e/test_scale_out.py -rA && scale_status=0 || scale_status=$?
     [ "$status" -ne 0 ] || status=$scale_status
 fi

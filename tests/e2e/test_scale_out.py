@@ -1,11 +1,11 @@
-"""The platform scaled out in compose (infra/compose/compose.scale.yaml): several trainer workers,
-several inference replicas behind HAProxy.
+"""The platform scaled out in compose (infra/compose/compose.scale.yaml): several trainer workers;
+replicas of inference, the trainer API and the gateway behind HAProxy.
 
 Runs only against such a stack: infra/ci/compose-e2e.sh scales the compose stack out after the
-other end-to-end tests and runs this module with E2E_SCALE_OUT=1, the replica counts it asked for
-(E2E_INFERENCE_REPLICAS, E2E_TRAINER_WORKERS) and E2E_COMPOSE. INFERENCE_URL is the proxy; the
-replica that answered is in its X-Served-By header. The model is the served one, `demo`; the tests
-put its aliases back as they found them.
+other end-to-end tests and runs this module with E2E_SCALE_OUT=1, the counts it asked for
+(E2E_INFERENCE_REPLICAS, E2E_TRAINER_WORKERS, E2E_API_REPLICAS) and E2E_COMPOSE. INFERENCE_URL,
+TRAINER_URL and GATEWAY_URL are the proxy; the replica that answered is in its X-Served-By header.
+The model is the served one, `demo`; the tests put its aliases back as they found them.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class Scaled:
     http: httpx.Client
     replicas: int
     workers: int
+    api_replicas: int
     compose: list[str]
 
     @property
@@ -105,6 +106,7 @@ def scaled(stack: StackUrls, http: httpx.Client) -> Scaled:
         http,
         int(os.environ.get("E2E_INFERENCE_REPLICAS", "2")),
         int(os.environ.get("E2E_TRAINER_WORKERS", "3")),
+        int(os.environ.get("E2E_API_REPLICAS", "2")),
         shlex.split(compose),
     )
 
@@ -148,6 +150,8 @@ def test_jobs_submitted_at_once_are_trained_by_several_workers_and_none_twice(
         for _ in range(count)
     ]
     assert all(r.status_code == 202 for r in submitted), [r.text for r in submitted]
+    # Recorded by whichever API replica took it, dispatched by any of them, found by every one.
+    assert len({r.headers["x-served-by"] for r in submitted}) == scaled.api_replicas
     jobs = [wait_for_job(http, stack, r.json()["job_id"]) for r in submitted]
 
     assert [j["status"] for j in jobs] == ["succeeded"] * count, [j["error"] for j in jobs]
@@ -309,3 +313,43 @@ def test_a_rollout_splits_the_same_way_on_every_replica(
     print(f"{len(keyed)} sticky keys x 3: {across} answered by both replicas, none changed variant")
     print(f"keys on challenger: {on_challenger}")
     assert 0.03 <= on_challenger / len(keyed) <= 0.2, on_challenger
+
+
+def test_every_gateway_replica_sees_tokens_and_alias_moves_and_revocations_bite_within_5_s(
+    scaled: Scaled, stack: StackUrls, versions: dict[str, int]
+) -> None:
+    name = f"e2e-scale-reader-{uuid.uuid4().hex[:6]}"
+    token = stack.create_token(name, "models:read")
+    url = f"{scaled.model}/aliases/challenger"
+
+    def read(client: httpx.Client) -> tuple[str, httpx.Response]:
+        response = client.get(url)
+        return response.headers["x-served-by"], response
+
+    with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {token}"}) as client:
+        # A token made through one replica works at once on every replica.
+        scaled.move("challenger", versions["new"])
+        answers = [read(client) for _ in range(10 * scaled.api_replicas)]
+        assert len({replica for replica, _ in answers}) == scaled.api_replicas
+        # An alias moved through one replica: every replica resolves the new version at once.
+        assert {(r.status_code, r.json()["version"]) for _, r in answers} == {
+            (200, versions["new"])
+        }
+
+        revoked = scaled.http.delete(f"{stack.gateway}/v1/tokens/{name}")
+        assert revoked.status_code in (200, 204), revoked.text
+        at = time.monotonic()
+        last_accepted: dict[str, float] = {}
+        refused: set[str] = set()
+        while time.monotonic() - at < 8:
+            replica, response = read(client)
+            if response.status_code == 200:
+                last_accepted[replica] = time.monotonic() - at
+            else:
+                assert response.status_code == 401, response.text
+                refused.add(replica)
+
+    print(f"\nrevoked token last accepted (s after the revocation, per replica): {last_accepted}")
+    assert len(refused) == scaled.api_replicas
+    # The token cache of the other replicas holds a checked token for at most 5 s.
+    assert all(seconds <= 5.5 for seconds in last_accepted.values()), last_accepted

@@ -20,6 +20,8 @@ from sqlalchemy import Engine, MetaData, create_engine, make_url, text
 
 log = logging.getLogger(__name__)
 
+MIGRATION_LOCK_TIMEOUT_S = 300
+
 # libpq drivers: the connection options below are libpq's.
 _LIBPQ_DRIVERS = frozenset({"psycopg2", "psycopg"})
 
@@ -97,7 +99,10 @@ def run_migrations_online(target_metadata: MetaData) -> None:
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
                 # Held until this transaction ends; taken before alembic reads the version table,
-                # so a replica that waited sees what the first one did.
+                # so a replica that waited sees what the first one did. A replica waits for
+                # another's migration (or any lock a migration needs) at most this long, then
+                # fails and is restarted, rather than hanging behind a stuck one.
+                connection.execute(text(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT_S}s'"))
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"),
                     {"key": migration_lock_key(cfg.attributes["version_table"])},

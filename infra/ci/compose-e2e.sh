@@ -192,19 +192,24 @@ fi
 "${compose_cmd[@]}" -p "$PROJECT" --env-file "$env_file" -f infra/compose/compose.yaml config -q
 "${COMPOSE[@]}" config -q
 stack_up=1
-if ! "${COMPOSE[@]}" up -d --wait --wait-timeout "$WAIT_TIMEOUT" --quiet-pull; then
-    echo "the stack did not become healthy:" >&2
+up_or_exit() {  # WHAT [UP ARGS...]: `up --wait`, or the failing services' logs and exit 1
+    local what=$1
+    shift
+    "${COMPOSE[@]}" up -d --wait --wait-timeout "$WAIT_TIMEOUT" --quiet-pull "$@" && return 0
+    echo "$what did not become healthy:" >&2
     "${COMPOSE[@]}" ps -a >&2 || true
     mkdir -p "$LOG_DIR"
     "${COMPOSE[@]}" logs --no-color --timestamps >"$LOG_DIR/compose.log" 2>&1 || true
     for service in $("${COMPOSE[@]}" ps -a --format '{{.Service}} {{.Health}} {{.State}} {{.ExitCode}}' \
-        | awk '$2 == "unhealthy" || $2 == "starting" || ($3 == "exited" && $4 != 0) {print $1}'); do
+        | awk '$2 == "unhealthy" || $2 == "starting" || $3 == "restarting" || ($3 == "exited" && $4 != 0) {print $1}' \
+        | sort -u); do
         echo "---- logs of $service" >&2
         "${COMPOSE[@]}" logs --no-color --tail 60 "$service" >&2 || true
     done
     echo "full logs: $LOG_DIR/compose.log" >&2
     exit 1
-fi
+}
+up_or_exit "the stack"
 "${COMPOSE[@]}" ps --format 'table {{.Service}}\t{{.Status}}\t{{.Ports}}'
 
 # ---- tests ----------------------------------------------------------------------------------------
@@ -281,16 +286,9 @@ if [ "${COMPOSE_E2E_SCALE:-1}" = 1 ]; then
     # The proxy's configuration with the proxy's own binary, before it could restart in a loop.
     "${COMPOSE[@]}" run --rm --no-deps --entrypoint haproxy proxy \
         -c -f /usr/local/etc/haproxy/haproxy.cfg
-    if ! "${COMPOSE[@]}" up -d --wait --wait-timeout "$WAIT_TIMEOUT" --quiet-pull \
+    up_or_exit "the scaled-out stack" \
         --scale "inference=$inference_replicas" --scale "trainer-worker=$trainer_workers" \
-        --scale "trainer=$api_replicas" --scale "model-gateway=$api_replicas"; then
-        echo "the scaled-out stack did not become healthy:" >&2
-        "${COMPOSE[@]}" ps -a >&2 || true
-        mkdir -p "$LOG_DIR"
-        "${COMPOSE[@]}" logs --no-color --timestamps >"$LOG_DIR/compose.log" 2>&1 || true
-        echo "full logs: $LOG_DIR/compose.log" >&2
-        exit 1
-    fi
+        --scale "trainer=$api_replicas" --scale "model-gateway=$api_replicas"
     "${COMPOSE[@]}" ps --format 'table {{.Name}}\t{{.Status}}\t{{.Ports}}'
     phase "e2e tests (tests/e2e/test_scale_out.py against the scaled-out stack)"
     printf -v E2E_COMPOSE '%q ' "${COMPOSE[@]}"

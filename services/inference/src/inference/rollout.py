@@ -99,7 +99,9 @@ class Plan:
                 if guard is None
                 else Guard(
                     max_error_rate=float(guard["max_error_rate"]),
-                    max_p99_ms=None if guard.get("max_p99_ms") is None else guard["max_p99_ms"],
+                    max_p99_ms=None
+                    if guard.get("max_p99_ms") is None
+                    else float(guard["max_p99_ms"]),
                     min_requests=int(guard["min_requests"]),
                 ),
             )
